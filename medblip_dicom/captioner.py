@@ -1,0 +1,307 @@
+"""Load a BLIP captioning model once and caption batches of pictures with it.
+
+A model is a Hugging Face ``save_pretrained`` directory (``BlipForConditionalGeneration`` plus its
+``BlipProcessor``) or a hub id that is already in the local cache. Weights are loaded from
+safetensors only (a pickled ``pytorch_model.bin`` is refused). The processor stored with the model
+holds the resize and normalisation used in training, so inference normalises the same way.
+
+Device ``auto`` picks CUDA, then Apple MPS, then the CPU. Dtype ``auto`` picks bfloat16 on a GPU
+that supports it (else float16), float16 on MPS, and on the CPU bfloat16 autocast when the
+processor has native bf16 instructions (AVX512-BF16 or AMX), else float32. Generation is greedy or
+beam search (never sampling), so the same picture gives the same caption on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from medblip_dicom.errors import MedblipError, ModelLoadError
+from medblip_dicom.uids import stable_uid
+
+logger = logging.getLogger(__name__)
+
+#: File written by training beside an exported model; read here for the model's name and version.
+PROVENANCE_FILE = "medblip_provenance.json"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How captions are generated. Defaults suit ROCO-style captions (median ~20 words).
+
+    ``no_repeat_ngram_size`` is the repetition guard: small captioning models otherwise loop
+    ("the the the"). ``num_beams=1`` is greedy decoding.
+    """
+
+    num_beams: int = 3
+    max_new_tokens: int = 60
+    min_new_tokens: int = 5
+    no_repeat_ngram_size: int = 3
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
+                f"got {self.min_new_tokens}"
+            )
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` (deterministic: no sampling)."""
+        kwargs: dict[str, Any] = asdict(self)
+        kwargs["do_sample"] = False
+        if self.num_beams == 1:
+            kwargs.pop("length_penalty")
+        return kwargs
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who wrote a caption: recorded in every SR (device observer, equipment attributes).
+
+    ``weights_sha256`` is a digest of the model's tensors (names, dtypes, shapes and bytes, in
+    name order) taken before any dtype conversion, so it identifies the weights whatever the file
+    layout. Training records the same digest in its provenance file.
+    """
+
+    name: str
+    version: str
+    weights_sha256: str
+    source: str
+
+    @property
+    def device_uid(self) -> str:
+        """A UID for the model as a DICOM device observer, stable for the same weights."""
+        return stable_uid("medblip-dicom/device", self.weights_sha256)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's state dict in name order (see :class:`ModelIdentity`)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the torch device for ``auto`` (cuda > mps > cpu) or an explicit name."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise MedblipError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MedblipError(f"device {device!r} was requested but CUDA is not available; use --device cpu")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MedblipError(f"device {device!r} was requested but MPS is not available; use --device cpu")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """Return the compute dtype for ``auto`` or an explicit name (see the module docstring)."""
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    elif dtype in _DTYPES:
+        resolved = _DTYPES[dtype]
+    else:
+        raise MedblipError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    if device.type == "cpu" and resolved == torch.float16:
+        raise MedblipError("float16 is not supported on the CPU; use --dtype bfloat16 or float32")
+    return resolved
+
+
+@dataclass
+class Captioner:
+    """A loaded BLIP model, its processor and the settings it generates with.
+
+    Build it with :meth:`Captioner.load`; then :meth:`caption` a list of pictures (one batch).
+    """
+
+    model: Any
+    processor: Any
+    identity: ModelIdentity
+    device: torch.device
+    dtype: torch.dtype
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        settings: GenerationSettings | None = None,
+    ) -> Captioner:
+        """Load a model directory or a cached hub id.
+
+        Raises :class:`~medblip_dicom.errors.ModelLoadError` with one sentence saying what to do
+        when the model is not there (for example a hub id that is not cached and no network).
+        """
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        source = os.fspath(model)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        local = Path(source).expanduser()
+        if local.exists() and not local.is_dir():
+            raise ModelLoadError(f"model {source!r} is a file; pass the directory written by save_pretrained")
+        if not local.exists() and _looks_like_path(source):
+            raise ModelLoadError(f"model directory {source!r} does not exist")
+        where = str(local) if local.is_dir() else source
+
+        def _load(local_only: bool) -> tuple[Any, Any]:
+            proc = BlipProcessor.from_pretrained(where, local_files_only=local_only)
+            net = BlipForConditionalGeneration.from_pretrained(
+                where, local_files_only=local_only, use_safetensors=True
+            )
+            return proc, net
+
+        try:
+            try:
+                processor, net = _load(local_only=True)
+            except OSError:
+                if local.is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+                    raise
+                processor, net = _load(local_only=False)
+        except (OSError, ValueError) as exc:
+            if local.is_dir():
+                raise ModelLoadError(
+                    f"{source} is not a usable BLIP model directory ({_first_line(exc)}); it must hold "
+                    "config.json, model.safetensors and the processor files written by save_pretrained"
+                ) from None
+            raise ModelLoadError(
+                f"model {source!r} is not a local directory and is not in the Hugging Face cache, and it "
+                "could not be downloaded (offline?); pass --model /path/to/model-dir, a directory "
+                "written by save_pretrained (model + processor)"
+            ) from None
+
+        identity = _identity(net, source, local if local.is_dir() else None)
+        net.eval()
+        if torch_device.type != "cpu":
+            # On accelerators the weights themselves are cast: less memory and no per-op casts.
+            net.to(device=torch_device, dtype=torch_dtype)
+        logger.info(
+            "loaded model %s (version %s, sha256 %s…) on %s as %s",
+            identity.name, identity.version, identity.weights_sha256[:12], torch_device, str(torch_dtype).split(".")[-1],
+        )
+        return cls(net, processor, identity, torch_device, torch_dtype, settings or GenerationSettings())
+
+    @cached_property
+    def _suppressed_token_ids(self) -> list[int]:
+        """Special tokens a caption must never contain (padding, unknown, [CLS], [MASK], [DEC])."""
+        tok = self.processor.tokenizer
+        ids = {tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.mask_token_id, tok.bos_token_id}
+        ids.add(self.model.config.text_config.bos_token_id)
+        ids.discard(self.model.config.text_config.sep_token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize and normalise pictures exactly as the processor stored with the model says."""
+        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def generate(self, pixel_values: torch.Tensor, settings: GenerationSettings | None = None) -> list[str]:
+        """Caption a batch of preprocessed pictures; returns one stripped caption per picture."""
+        settings = settings or self.settings
+        kwargs = settings.generate_kwargs()
+        kwargs["suppress_tokens"] = self._suppressed_token_ids
+        pixel_values = pixel_values.to(self.device)
+        if self.device.type != "cpu":
+            pixel_values = pixel_values.to(self.dtype)
+            ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        elif self.dtype != torch.float32:
+            ctx = torch.autocast("cpu", dtype=self.dtype)
+        else:
+            ctx = contextlib.nullcontext()
+        with ctx:
+            out = self.model.generate(pixel_values=pixel_values, **kwargs)
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]
+
+    def caption(self, images: Sequence[Image.Image], settings: GenerationSettings | None = None) -> list[str]:
+        """Caption pictures as one batch (the caller chooses the batch size)."""
+        if not images:
+            return []
+        return self.generate(self.preprocess(images), settings)
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else that does not exist is a missing folder."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith("/")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _identity(net: Any, source: str, directory: Path | None) -> ModelIdentity:
+    digest = weights_digest(net)
+    provenance: dict[str, Any] = {}
+    if directory is not None and (directory / PROVENANCE_FILE).is_file():
+        try:
+            provenance = json.loads((directory / PROVENANCE_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable %s: %s", directory / PROVENANCE_FILE, exc)
+    name = str(provenance.get("model_name") or (directory.resolve().name if directory else source))
+    version = str(
+        provenance.get("model_version")
+        or getattr(net.config, "_commit_hash", None)
+        or f"sha256-{digest[:12]}"
+    )
+    return ModelIdentity(name=name, version=version, weights_sha256=digest, source=source)

@@ -1,0 +1,45 @@
+"""The one exception hierarchy of medblip-dicom.
+
+Every error a user can cause (a bad file, a missing model, an unusable device) is a
+:class:`MedblipError`. Its message names the file and, where one is involved, the DICOM
+attribute, and says what to do. CLIs print ``str(error)`` as one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+
+class MedblipError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class DicomReadError(MedblipError):
+    """The source could not be read as a DICOM image we can caption."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class NotDicomError(DicomReadError):
+    """The source is not a DICOM file at all (or is truncated before its first element)."""
+
+
+class InvalidDicomError(DicomReadError):
+    """The file is DICOM but is corrupt, truncated or misses a required attribute."""
+
+
+class NotAnImageError(DicomReadError):
+    """A valid DICOM instance that holds no image: SR, RT plan, PDF, DICOMDIR, waveform, ..."""
+
+
+class PixelDecodeError(DicomReadError):
+    """The pixel data could not be decoded or turned into an image."""
+
+
+class ModelLoadError(MedblipError):
+    """The captioning model could not be loaded."""
+
+
+class ReportError(MedblipError):
+    """A Structured Report could not be built or written."""

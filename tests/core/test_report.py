@@ -1,0 +1,127 @@
+"""The Structured Report: the contract of the README, checked on the written file."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from medblip_dicom.errors import ReportError
+from medblip_dicom.report import SERIES_DESCRIPTION, build_report, write_report
+
+
+def content_items(ds):
+    """Yield every content item of an SR tree, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def code_of(item):
+    c = item.ConceptNameCodeSequence[0]
+    return (c.CodeValue, c.CodingSchemeDesignator)
+
+
+@pytest.fixture
+def ct(td):
+    return pydicom.dcmread(td("CT_small.dcm"))
+
+
+@pytest.fixture
+def written(ct, captioner, tmp_path, validate_sr):
+    sr = build_report(ct, "Axial CT of the chest.", captioner.identity)
+    path = write_report(sr, tmp_path)
+    validate_sr(path)
+    return pydicom.dcmread(path)
+
+
+class TestContract:
+    def test_same_patient_and_study_new_series(self, ct, written):
+        assert written.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+        assert written.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert written.Modality == "SR"
+        assert written.StudyInstanceUID == ct.StudyInstanceUID
+        assert written.PatientID == ct.PatientID and written.PatientName == ct.PatientName
+        assert written.SeriesInstanceUID != ct.SeriesInstanceUID
+
+    def test_flags_and_series_description(self, written):
+        assert written.VerificationFlag == "UNVERIFIED"
+        assert written.PreliminaryFlag == "PRELIMINARY"
+        assert written.SeriesDescription == SERIES_DESCRIPTION
+        assert "not for diagnosis" in written.SeriesDescription and len(SERIES_DESCRIPTION) <= 64
+
+    def test_template_2000_root(self, written):
+        assert code_of(written) == ("18748-4", "LN")
+        template = written.ContentTemplateSequence[0]
+        assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "2000")
+
+    def test_device_observer_is_the_model(self, written, captioner):
+        items = list(content_items(written))
+        observer_type = [i for i in items if code_of(i) == ("121005", "DCM")]
+        assert observer_type[0].ConceptCodeSequence[0].CodeValue == codes.DCM.Device.value
+        uid = [i for i in items if code_of(i) == ("121012", "DCM")]
+        assert uid[0].UID == captioner.identity.device_uid
+        name = [i for i in items if code_of(i) == ("121013", "DCM")]
+        assert name[0].TextValue == captioner.identity.name
+        assert written.DeviceSerialNumber == captioner.identity.weights_sha256
+
+    def test_caption_inferred_from_source_image(self, written, ct):
+        findings = [i for i in content_items(written) if code_of(i) == ("121070", "DCM")]
+        assert len(findings) == 1
+        finding = findings[0].ContentSequence[0]
+        assert code_of(finding) == ("121071", "DCM") and finding.TextValue == "Axial CT of the chest."
+        image = finding.ContentSequence[0]
+        assert image.RelationshipType == "INFERRED FROM" and image.ValueType == "IMAGE"
+        ref = image.ReferencedSOPSequence[0]
+        assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (ct.SOPClassUID, ct.SOPInstanceUID)
+
+    def test_evidence_references_the_source(self, written, ct):
+        study = written.CurrentRequestedProcedureEvidenceSequence[0]
+        assert study.StudyInstanceUID == ct.StudyInstanceUID
+        series = study.ReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == ct.SeriesInstanceUID
+        assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ct.SOPInstanceUID
+
+    def test_language_of_content(self, written):
+        lang = [i for i in content_items(written) if code_of(i) == ("121049", "DCM")]
+        assert lang[0].ConceptCodeSequence[0].CodeValue == "en-US"
+
+
+class TestIdentity:
+    def test_uid_is_stable_and_depends_on_source_and_model(self, ct, captioner, td):
+        a = build_report(ct, "one caption", captioner.identity)
+        b = build_report(ct, "another caption", captioner.identity)
+        assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
+        other = build_report(pydicom.dcmread(td("MR_small.dcm")), "x", captioner.identity)
+        assert other.SOPInstanceUID != a.SOPInstanceUID
+        from dataclasses import replace
+
+        retrained = replace(captioner.identity, weights_sha256="0" * 64)
+        assert build_report(ct, "x", retrained).SOPInstanceUID != a.SOPInstanceUID
+
+    def test_rewrite_replaces_in_place(self, ct, captioner, tmp_path):
+        first = write_report(build_report(ct, "first", captioner.identity), tmp_path)
+        second = write_report(build_report(ct, "second", captioner.identity), tmp_path)
+        assert first == second
+        assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
+
+
+class TestSparseSources:
+    def test_missing_optional_attributes_still_valid(self, ct, captioner, tmp_path, validate_sr):
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName",
+                        "StudyID", "StudyDate", "StudyTime", "PatientName", "PatientID", "InstanceNumber"):
+            if keyword in ct:
+                delattr(ct, keyword)
+        path = write_report(build_report(ct, "caption", captioner.identity), tmp_path)
+        validate_sr(path)
+        assert pydicom.dcmread(path).PatientSex == ""
+
+    def test_multiframe_source_references_the_frame(self, td, captioner):
+        ds = pydicom.dcmread(td("emri_small.dcm"))
+        sr = build_report(ds, "caption", captioner.identity, frame_index=4)
+        image = [i for i in content_items(sr) if i.ValueType == "IMAGE"][0]
+        assert image.ReferencedSOPSequence[0].ReferencedFrameNumber == 5
+
+    def test_empty_caption_refused(self, ct, captioner):
+        with pytest.raises(ReportError, match="empty caption"):
+            build_report(ct, "   ", captioner.identity)
