@@ -200,6 +200,16 @@ def check_image(ds: Dataset, label: str) -> None:
                 label, f"missing required attribute ({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}: {why}"
             )
 
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword))
+        if not UID(value).is_valid or value.split(".", 1)[0] not in ("0", "1", "2"):
+            tag = pydicom.datadict.tag_for_keyword(keyword)
+            raise InvalidDicomError(
+                label,
+                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword} {value[:70]!r} is not a valid DICOM UID "
+                "(digits and dots, at most 64 characters); a report cannot reference it",
+            )
+
     rows, cols = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     bits = int(ds.BitsAllocated)

@@ -19,6 +19,7 @@ The report contract (README, "The Structured Report"):
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
@@ -26,7 +27,11 @@ from pathlib import Path
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import validate_value
 from pydicom.sr.codedict import codes
 
 from medblip_dicom import __version__
@@ -41,6 +46,7 @@ SERIES_DESCRIPTION = "AI caption: machine-generated, UNVERIFIED, not for diagnos
 #: Series Number given to the SR series (derived reports conventionally sort after the images).
 SERIES_NUMBER = 990
 MANUFACTURER = "medblip-dicom"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 DIAGNOSTIC_IMAGING_REPORT = CodedConcept("18748-4", "LN", "Diagnostic Imaging Report")
 ENGLISH_US = CodedConcept("en-US", "RFC5646", "English (United States)")
@@ -73,14 +79,30 @@ def _evidence_view(source: Dataset) -> Dataset:
     """
     view = Dataset()
     for keyword in _EVIDENCE_COPY:
-        if keyword in source:
-            view[keyword] = source[keyword]
+        if keyword in source and _is_valid(source[keyword]):
+            view[keyword] = copy.deepcopy(source[keyword])  # never share elements with the source
     for keyword in _EVIDENCE_TYPE2:
         if keyword not in view or view[keyword].value is None:
             setattr(view, keyword, "")
     if str(view.PatientSex).strip().upper() not in _VALID_SEX:
         view.PatientSex = ""
     return view
+
+
+def _is_valid(elem: DataElement) -> bool:
+    """False for a value that breaks its VR (e.g. a 64-character Study ID): such a value is not
+    copied into the report, which must stay conformant whatever the source holds."""
+    if elem.VR == "SQ":
+        return True
+    values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+    try:
+        for value in values:
+            if value not in (None, ""):
+                validate_value(elem.VR, value, config.RAISE)
+    except (ValueError, TypeError):
+        logger.debug("not copying invalid %s into the report", elem.keyword)
+        return False
+    return True
 
 
 def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_number: int | None) -> hd.sr.ContainerContentItem:
@@ -135,12 +157,15 @@ def build_report(
     caption = " ".join(caption.split())
     if not caption:
         raise ReportError(f"{label}: the model produced an empty caption; no report written")
-    multi_frame = int(source.get("NumberOfFrames") or 1) > 1
+    multi_frame = int(source.get("NumberOfFrames") or 1) > 1 and is_multiframe_class(str(source.SOPClassUID))
     series_uid, sop_uid = report_uids(source, identity)
-    try:
-        sr = hd.sr.ComprehensiveSR(
-            evidence=[_evidence_view(source)],
-            content=_content(caption, source, identity, frame_index + 1 if multi_frame else None),
+    evidence = _evidence_view(source)
+    content = _content(caption, source, identity, frame_index + 1 if multi_frame else None)
+
+    def make(evidence_view: Dataset) -> hd.sr.ComprehensiveSR:
+        return hd.sr.ComprehensiveSR(
+            evidence=[evidence_view],
+            content=content,
             series_instance_uid=series_uid,
             series_number=SERIES_NUMBER,
             sop_instance_uid=sop_uid,
@@ -154,9 +179,57 @@ def build_report(
             software_versions=[f"medblip-dicom {__version__}", identity.version[:64]],
             device_serial_number=identity.weights_sha256,
         )
-    except (TypeError, ValueError, AttributeError) as exc:
+
+    try:
+        try:
+            sr = make(evidence)
+        except KeyError:
+            # highdicom copies patient/study attributes by looking up the source's IOD, and it
+            # knows no IOD for retired SOP classes (e.g. the old US Image Storage). Copy through a
+            # Secondary Capture stand-in, then put the real class back into the evidence.
+            stand_in = copy.deepcopy(evidence)
+            stand_in.SOPClassUID = SECONDARY_CAPTURE
+            sr = make(stand_in)
+            _restore_evidence_class(sr, str(source.SOPInstanceUID), str(source.SOPClassUID))
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ReportError(f"{label}: cannot build the Structured Report ({type(exc).__name__}: {exc})") from None
     return sr
+
+
+#: Image storage classes whose IOD has the Multi-frame module though their names do not say so.
+_MULTIFRAME_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
+    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
+    "1.2.840.10008.5.1.4.1.1.481.1",  # RT Image
+    "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
+    "1.2.840.10008.5.1.4.1.1.77.1.6",  # VL Whole Slide Microscopy Image
+    "1.2.840.10008.5.1.4.1.1.77.1.5.4",  # Ophthalmic Tomography Image
+    "1.2.840.10008.5.1.4.1.1.14.1",  # Intravascular OCT Image (presentation)
+    "1.2.840.10008.5.1.4.1.1.14.2",  # Intravascular OCT Image (processing)
+}
+
+
+def is_multiframe_class(sop_class_uid: str) -> bool:
+    """True when instances of this SOP class may be referenced by frame number.
+
+    A Referenced Frame Number is only allowed for multi-frame IODs; some files (for example
+    Secondary Capture with NumberOfFrames > 1) carry several frames in a single-frame class.
+    """
+    from pydicom.uid import UID
+
+    name = UID(sop_class_uid).name
+    return sop_class_uid in _MULTIFRAME_CLASSES or any(
+        word in name for word in ("Multi-frame", "Enhanced", "Legacy Converted")
+    )
+
+
+def _restore_evidence_class(sr: Dataset, sop_instance_uid: str, sop_class_uid: str) -> None:
+    for study in sr.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for series in study.ReferencedSeriesSequence:
+            for ref in series.ReferencedSOPSequence:
+                if ref.ReferencedSOPInstanceUID == sop_instance_uid:
+                    ref.ReferencedSOPClassUID = sop_class_uid
 
 
 def _instance_number(source: Dataset) -> int:

@@ -106,6 +106,15 @@ class TestIdentity:
         assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
 
 
+class TestSourceUntouched:
+    def test_source_dataset_is_not_modified(self, td, captioner):
+        for name in ("CT_small.dcm", "color-pl.dcm"):  # color-pl.dcm: retired US class, stand-in path
+            ds = pydicom.dcmread(td(name), force=True)
+            before = ds.to_json_dict()
+            build_report(ds, "caption", captioner.identity)
+            assert ds.to_json_dict() == before, name
+
+
 class TestSparseSources:
     def test_missing_optional_attributes_still_valid(self, ct, captioner, tmp_path, validate_sr):
         for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName",
@@ -125,3 +134,12 @@ class TestSparseSources:
     def test_empty_caption_refused(self, ct, captioner):
         with pytest.raises(ReportError, match="empty caption"):
             build_report(ct, "   ", captioner.identity)
+
+    def test_retired_sop_class_keeps_its_class_in_the_evidence(self, td, captioner, tmp_path, validate_sr):
+        ds = pydicom.dcmread(td("color-pl.dcm"), force=True)
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # retired Ultrasound Image Storage
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
+        path = write_report(build_report(ds, "caption", captioner.identity), tmp_path)
+        validate_sr(path)
+        ref = pydicom.dcmread(path).CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert ref.ReferencedSOPSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
