@@ -68,8 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--frame", type=int, default=None,
                      help="0-based frame of multi-frame images (default: the middle frame)")
     cap.add_argument("--workers", type=int, default=None, help="threads that read and decode ahead of the model")
+    cap.add_argument("--preview", action="store_true",
+                     help="also write <source SOPInstanceUID>.png: the windowed image with its caption beneath "
+                     "(into --out, or ./previews)")
     _add_verbosity(cap)
     cap.set_defaults(func=cmd_caption)
+
+    from medblip_dicom.training.cli import add_commands as add_training_commands
+
+    add_training_commands(sub)
+
+    show = sub.add_parser("show-sr", help="print a Structured Report as a readable tree",
+                          description="Print an SR's essentials (caption, model, referenced image) and its content tree.",
+                          epilog="example:\n  medblip show-sr reports/2.25.1234.dcm",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("files", nargs="+", metavar="FILE", help="SR files")
+    show.set_defaults(func=cmd_show_sr)
+
+    doctor = sub.add_parser("doctor", help="check decoders, device, model cache, DICOM tools and ports",
+                            description="Report what this installation can do and what to do about problems.",
+                            epilog="examples:\n  medblip doctor\n  medblip doctor --config medblip.toml",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("--config", type=Path, default=None, help="service TOML file (for the node's host and port)")
+    doctor.add_argument("--host", default=None, help="address the node would bind (default 127.0.0.1)")
+    doctor.add_argument("--port", type=int, default=None, help="port the node would listen on (default 11112)")
+    doctor.set_defaults(func=cmd_doctor)
+
+    quick = sub.add_parser("quickstart", help="train a demo model offline and caption real DICOM images with it",
+                           description="Offline end to end: generate a data set, train a small BLIP (about a "
+                           "minute on a CPU, cached), caption real DICOM images, write and show the SRs.",
+                           epilog="examples:\n  medblip quickstart\n  medblip quickstart --out /tmp/mq",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    quick.add_argument("--out", type=Path, default=Path("medblip-quickstart"),
+                       help="where everything goes (default ./medblip-quickstart)")
+    quick.add_argument("--epochs", type=int, default=30, help="training epochs of the demo model (default 30)")
+    _add_verbosity(quick)
+    quick.set_defaults(func=cmd_quickstart)
     return parser
 
 
@@ -157,6 +191,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 progress.write(f"FAILED {outcome.error}", file=sys.stderr)
             continue
         done += 1
+        if args.preview:
+            from medblip_dicom.preview import write_preview
+            from medblip_dicom.reading import read_image
+
+            write_preview(read_image(outcome.source).dataset, outcome.caption, args.out or Path("previews"),
+                          frame=outcome.frame_index)
         print(f"{outcome.source}\t{outcome.sr_path or '-'}\t{outcome.caption}", flush=True)
     progress.close()
 
@@ -169,6 +209,57 @@ def cmd_caption(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+
+def cmd_show_sr(args: argparse.Namespace) -> int:
+    """Run ``medblip show-sr``."""
+    import pydicom
+
+    from medblip_dicom.srtree import render
+
+    status = EXIT_OK
+    for i, name in enumerate(args.files):
+        try:
+            text = render(pydicom.dcmread(name))
+        except (OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
+            print(f"medblip show-sr: {name}: {exc}", file=sys.stderr)
+            status = EXIT_FAILED_INPUTS
+            continue
+        print(("\n" if i else "") + f"{name}\n{text}")
+    return status
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run ``medblip doctor``; exit 1 when a check failed (warnings do not count)."""
+    from medblip_dicom.doctor import format_findings, run_checks
+    from medblip_dicom.errors import MedblipError
+
+    host, port = "127.0.0.1", 11112
+    if args.config is not None:
+        try:
+            from medblip_dicom.integrations.config import load_config
+
+            node = load_config(args.config).node
+            host, port = node.host, node.port
+        except MedblipError as exc:
+            print(f"medblip doctor: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    findings = run_checks(args.host or host, args.port if args.port is not None else port)
+    print(format_findings(findings))
+    return EXIT_FAILED_INPUTS if any(f.status == "fail" for f in findings) else EXIT_OK
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Run ``medblip quickstart``."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.quickstart import run_quickstart
+
+    try:
+        run_quickstart(args.out, epochs=args.epochs, say=print, progress=not args.quiet)
+    except MedblipError as exc:
+        print(f"medblip quickstart: {exc}", file=sys.stderr)
+        return EXIT_FAILED_INPUTS
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ holding only the attributes they read.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -183,6 +184,14 @@ def _frame_view(ds: Dataset, index: int) -> Dataset:
     if transform is not None and "ModalityLUTSequence" not in view and "ModalityLUTSequence" in ds:
         view["ModalityLUTSequence"] = ds["ModalityLUTSequence"]
 
+    seq = view.get("ModalityLUTSequence")
+    if seq and int(seq[0].LUTDescriptor[2]) not in (8, 16):
+        # Entries are stored in 16-bit words whatever the nominal depth (e.g. 12), but pydicom
+        # only knows uint8/uint16 tables: give it a copy that says 16.
+        item = copy.deepcopy(seq[0])
+        item.LUTDescriptor = [int(seq[0].LUTDescriptor[0]), int(seq[0].LUTDescriptor[1]), 16]
+        view.ModalityLUTSequence = [item]
+
     voi = _functional_group_item(ds, index, "FrameVOILUTSequence")
     source = voi if voi is not None else ds
     for keyword in _VOI_KEYWORDS:
@@ -194,9 +203,35 @@ def _frame_view(ds: Dataset, index: int) -> Dataset:
 
 
 def _grayscale_to_uint8(arr: np.ndarray, ds: Dataset, index: int, label: str) -> np.ndarray:
-    view = _frame_view(ds, index)
-    values = apply_modality_lut(arr, view)
+    """Modality LUT -> VOI -> 8 bits -> MONOCHROME1 inversion for one grayscale frame.
 
+    Every step maps each stored value on its own (only the fallback window looks at the whole
+    frame, through its histogram), so integer frames are mapped through a table: the steps run on
+    each distinct stored value between the frame's minimum and maximum once, then one gather
+    builds the picture. The result is identical to running the steps on every pixel (tested) and
+    costs a fraction for large radiographs.
+    """
+    view = _frame_view(ds, index)
+    if arr.dtype.kind in "iu" and arr.itemsize <= 2 and arr.size > 1024:
+        lo, hi = int(arr.min()), int(arr.max())
+        domain = np.arange(lo, hi + 1).astype(arr.dtype)
+        positions = arr.astype(np.int32) - lo
+        counts = np.bincount(positions.ravel(), minlength=domain.size)
+        out = _map_values(domain, view, label, counts)[positions]
+    else:
+        out = _map_values(arr, view, label, None)
+    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+def _map_values(arr: np.ndarray, view: Dataset, label: str, weights: np.ndarray | None) -> np.ndarray:
+    """Modality LUT then VOI (or the fallback window) to uint8, elementwise over `arr`.
+
+    `weights` counts how often each entry of `arr` occurs in the frame (table mode), for the
+    percentiles of the fallback window; None means `arr` is the frame itself.
+    """
+    values = apply_modality_lut(arr, view)
     out: np.ndarray | None = None
     if view.get("VOILUTSequence"):
         lut_input = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
@@ -206,11 +241,8 @@ def _grayscale_to_uint8(arr: np.ndarray, ds: Dataset, index: int, label: str) ->
     elif "WindowCenter" in view and "WindowWidth" in view:
         out = _window(values, view, label)
     if out is None:
-        out = _linear_to_uint8(values.astype(np.float64), *_percentile_window(values))
+        out = _linear_to_uint8(values.astype(np.float64), *_percentile_window(values, weights))
         logger.debug("%s: no usable VOI, using the %s percentile window", label, FALLBACK_PERCENTILES)
-
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
-        out = 255 - out
     return out
 
 
@@ -246,9 +278,30 @@ def _lut_entries(item: Dataset, view: Dataset) -> np.ndarray:
     return np.asarray(data if isinstance(data, (list, tuple)) else [data], dtype=np.int64)
 
 
-def _percentile_window(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, FALLBACK_PERCENTILES)
-    return float(low), float(high)
+def _percentile_window(values: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """The fallback window: FALLBACK_PERCENTILES of the frame's values (numpy's linear method).
+
+    With `weights` (value counts), the percentiles of the frame are found from its histogram:
+    the same numbers ``np.percentile`` gives on the full frame.
+    """
+    if weights is None:
+        low, high = np.percentile(values, FALLBACK_PERCENTILES)
+        return float(low), float(high)
+    order = np.argsort(values, kind="stable")
+    sorted_values = np.asarray(values, dtype=np.float64)[order]
+    cumulative = np.cumsum(weights[order])
+    total = int(cumulative[-1])
+
+    def kth(k: int) -> float:  # the k-th smallest pixel value (0-based)
+        return float(sorted_values[np.searchsorted(cumulative, k, side="right")])
+
+    result = []
+    for p in FALLBACK_PERCENTILES:
+        position = p / 100 * (total - 1)
+        k0 = int(np.floor(position))
+        k1 = min(k0 + 1, total - 1)
+        result.append(kth(k0) + (position - k0) * (kth(k1) - kth(k0)))
+    return result[0], result[1]
 
 
 def _linear_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -18,11 +18,10 @@ The report contract (README, "The Structured Report"):
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import highdicom as hd
@@ -37,6 +36,7 @@ from pydicom.sr.codedict import codes
 from medblip_dicom import __version__
 from medblip_dicom.captioner import ModelIdentity
 from medblip_dicom.errors import ReportError
+from medblip_dicom.fileio import atomic_write_bytes
 from medblip_dicom.uids import stable_uid
 
 logger = logging.getLogger(__name__)
@@ -253,32 +253,6 @@ def write_report(sr: Dataset, output_dir: str | os.PathLike[str]) -> Path:
 
     A reader never sees a partial file, and writing the same report again replaces it in place.
     """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / report_filename(sr)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            sr.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(out)
-    return target
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return atomic_write_bytes(Path(output_dir) / report_filename(sr), buffer.getvalue())

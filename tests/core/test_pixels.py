@@ -175,3 +175,49 @@ class TestFrameChoice:
 
     def test_single_frame_is_frame_zero(self, td):
         assert choose_frame(pydicom.dcmread(td("CT_small.dcm"))) == 0
+
+
+def _add_modality_lut(ds):
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.ModalityLUTType = "HU"
+    item.LUTData = [min(4095, (v * 7) % 5000) for v in range(4096)]  # deliberately not monotone
+    ds.ModalityLUTSequence = [item]
+    del ds.RescaleSlope, ds.RescaleIntercept
+
+
+def _add_voi_lut(ds):
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [2048, 0, 16]
+    item.LUTData = [(v * 13) % 65536 for v in range(2048)]
+    ds.VOILUTSequence = [item]
+
+
+class TestTableMapping:
+    """Large integer frames go through a per-value table; it must equal per-pixel mapping exactly."""
+
+    @pytest.mark.parametrize("name, tweak", [
+        ("CT_small.dcm", None),  # rescale + percentile fallback
+        ("CT_small.dcm", lambda ds: setattr(ds, "WindowCenter", 40) or setattr(ds, "WindowWidth", 400)),
+        ("CT_small.dcm", _add_modality_lut),  # non-monotone modality LUT + fallback percentiles
+        ("RG1_UNCI.dcm", None),  # MONOCHROME1 with a window
+        ("MR_small.dcm", _add_voi_lut),
+        ("MR_small.dcm", lambda ds: setattr(ds, "VOILUTFunction", "SIGMOID")),
+        ("US1_UNCR.dcm", None),  # colour: not table-mapped, still equal to itself
+    ])
+    def test_table_equals_per_pixel(self, td, name, tweak):
+        from medblip_dicom.pixels import _frame_view, _map_values
+
+        ds = pydicom.dcmread(td(name))
+        if tweak:
+            tweak(ds)
+        out = dataset_to_array(ds)
+        arr = pixel_array(ds)
+        if arr.ndim == 3:
+            assert np.array_equal(out, arr)
+            return
+        direct = _map_values(arr, _frame_view(ds, 0), name, None)
+        if ds.PhotometricInterpretation == "MONOCHROME1":
+            direct = 255 - direct
+        assert np.array_equal(out[..., 0], direct)
+        assert len(np.unique(out)) > 8  # a real picture, not a flat frame

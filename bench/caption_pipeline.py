@@ -1,0 +1,163 @@
+"""Captioning throughput, three contenders side by side on the same model and images.
+
+(a) model only: batched ``generate`` on preprocessed tensors (the ceiling);
+(b) our pipeline: a folder of DICOM files -> SR files on disk (``caption_dicoms``);
+(c) the per-image baseline, written the way the original notebook worked: for each file
+    dcmread -> pixel_array -> min/max to 8 bits -> processor -> ``generate`` at batch 1 in fp32.
+
+The model is BLIP-base's architecture with random weights (``build_blip_model(size="base")``, with
+BLIP's real 30,524-token output layer); every caption is forced to exactly --tokens new tokens, so
+all contenders do the same work. Prints a table and the ratios b/a (goal >= 0.9) and b/c (goal >= 3
+on a CPU), and appends the run to bench/RESULTS.md. Never run as a test.
+
+    python bench/caption_pipeline.py            # CPU default: 24 images, batch 8 (a few minutes)
+    python bench/caption_pipeline.py --full     # more images
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from medblip_dicom.api import caption_dicoms
+from medblip_dicom.captioner import Captioner, GenerationSettings
+from medblip_dicom.demo_model import build_blip_model
+from medblip_dicom.pixels import dataset_to_image
+
+SOURCES = ("RG1_UNCI.dcm", "CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "RG3_J2KR.dcm", "JPEG2000.dcm",
+           "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm")
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} x {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def make_inputs(folder: Path, n: int) -> list[Path]:
+    """`n` real test images re-issued with fresh UIDs (so every SR is new)."""
+    files = []
+    for i in range(n):
+        ds = pydicom.dcmread(get_testdata_file(SOURCES[i % len(SOURCES)]))
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"img{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def naive_image(path: Path) -> Image.Image:
+    """The notebook's way: raw pixels, min/max to 8 bits, no LUTs, first frame."""
+    arr = pydicom.dcmread(path).pixel_array
+    if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] != 3):
+        arr = arr[0]
+    arr = arr.astype(np.float32)
+    arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0) * 255
+    return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+
+
+def run_model_only(captioner: Captioner, files: list[Path], batch: int, settings: GenerationSettings) -> float:
+    images = [dataset_to_image(pydicom.dcmread(f)) for f in files]
+    tensors = [captioner.preprocess(images[i:i + batch]) for i in range(0, len(images), batch)]
+    started = time.perf_counter()
+    for t in tensors:
+        captioner.generate(t, settings)
+    return len(files) / (time.perf_counter() - started)
+
+
+def run_pipeline(captioner: Captioner, files: list[Path], batch: int, settings: GenerationSettings, out: Path) -> float:
+    captioner.settings = settings
+    started = time.perf_counter()
+    outcomes = list(caption_dicoms([str(f) for f in files], model=captioner, output_dir=out, batch_size=batch))
+    elapsed = time.perf_counter() - started
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise SystemExit(f"pipeline failed on {len(failed)} files: {failed[0].error}")
+    return len(files) / elapsed
+
+
+def run_baseline(model_dir: Path, files: list[Path], settings: GenerationSettings) -> float:
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    processor = BlipProcessor.from_pretrained(model_dir)
+    model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
+    kwargs = dict(settings.generate_kwargs())
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for f in files:
+            inputs = processor(images=naive_image(f), return_tensors="pt")
+            out = model.generate(**inputs, **kwargs)
+            processor.batch_decode(out, skip_special_tokens=True)
+    return len(files) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--n", type=int, default=None, help="images (default 24 on CPU, 1024 on GPU)")
+    parser.add_argument("--full", action="store_true", help="more images (96 on CPU, 8192 on GPU)")
+    parser.add_argument("--batch-size", type=int, default=64 if gpu else 8)
+    parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (forced)")
+    parser.add_argument("--baseline-n", type=int, default=None, help="images for (c) (default: same as --n, "
+                        "at most 256); its rate is per image, so fewer suffice")
+    parser.add_argument("--model", type=Path, default=None, help="a base-size model dir (default: build one)")
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    args = parser.parse_args(argv)
+    n = args.n or ((8192 if gpu else 96) if args.full else (1024 if gpu else 24))
+    settings = GenerationSettings(num_beams=1, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                                  no_repeat_ngram_size=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = args.model or build_blip_model(tmp / "blip-base", size="base")
+        (tmp / "in").mkdir()
+        files = make_inputs(tmp / "in", n)
+        captioner = Captioner.load(model_dir, device="auto", dtype="auto", settings=settings)
+        captioner.generate(captioner.preprocess([dataset_to_image(pydicom.dcmread(files[0]))] * args.batch_size),
+                           settings)  # warm-up
+        a = run_model_only(captioner, files, args.batch_size, settings)
+        b = run_pipeline(captioner, files, args.batch_size, settings, tmp / "out")
+        c_files = files[: min(args.baseline_n or n, 256)]
+        c = run_baseline(model_dir, c_files, settings)
+    dtype = str(captioner.dtype).split(".")[-1]
+    rows = [
+        ("(a) model only, batched generate", f"{a:.2f}", f"batch {args.batch_size}, {dtype}"),
+        ("(b) pipeline: DICOM folder -> SRs on disk", f"{b:.2f}", f"batch {args.batch_size}, {dtype}"),
+        ("(c) per-image baseline", f"{c:.2f}", f"batch 1, float32, {len(c_files)} images"),
+    ]
+    table = ["| contender | images/s | setting |", "|---|---|---|", *[f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows],
+             f"| **b/a** (goal >= 0.9) | **{b / a:.2f}** | |", f"| **b/c** (goal >= 3 on CPU) | **{b / c:.2f}** | |"]
+    command = "python bench/caption_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = "\n".join([f"### Captioning — {datetime.date.today().isoformat()}",
+                      f"Machine: {machine()}. Command: `{command.strip()}`. "
+                      f"{n} images, {args.tokens} new tokens each, BLIP-base architecture, random weights.", "",
+                      *table, ""])
+    print(text)
+    with args.results.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

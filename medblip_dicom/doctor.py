@@ -1,0 +1,158 @@
+"""``medblip doctor``: what this installation can do, and what to do about what it cannot.
+
+Each check returns :class:`Finding` rows (``ok``, ``warn`` or ``fail``) with a hint for anything
+that is not ok: which transfer syntaxes decode with the installed plug-ins, the compute device and
+its bf16 support, the Hugging Face model cache, dcmtk / dicom3tools / Orthanc, and whether the
+DICOM node's port is free.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Transfer syntaxes a hospital sends, by name.
+TRANSFER_SYNTAXES = (
+    "ImplicitVRLittleEndian", "ExplicitVRLittleEndian", "ExplicitVRBigEndian", "DeflatedExplicitVRLittleEndian",
+    "JPEGBaseline8Bit", "JPEGExtended12Bit", "JPEGLossless", "JPEGLosslessSV1", "JPEGLSLossless",
+    "JPEGLSNearLossless", "JPEG2000Lossless", "JPEG2000", "HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K",
+    "RLELossless",
+)
+
+TOOLS = {
+    "dcmsend": "dcmtk", "storescu": "dcmtk", "echoscu": "dcmtk", "storescp": "dcmtk", "dsrdump": "dcmtk",
+    "dciodvfy": "dicom3tools",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report."""
+
+    area: str
+    status: str  # ok | warn | fail
+    what: str
+    hint: str = ""
+
+
+def check_decoders() -> list[Finding]:
+    """Which transfer syntaxes the installed pydicom plug-ins can decode."""
+    import pydicom.uid
+    from pydicom.pixels import get_decoder
+
+    out = []
+    for name in TRANSFER_SYNTAXES:
+        uid = getattr(pydicom.uid, name, None)
+        if uid is None:
+            continue
+        try:
+            decoder = get_decoder(uid)
+        except NotImplementedError:
+            out.append(Finding("decode", "warn", f"{uid.name}: no decoder in this pydicom",
+                               "upgrade pydicom"))
+            continue
+        if decoder.is_available:
+            plugins = ", ".join(sorted(decoder.available_plugins)) or "native"
+            out.append(Finding("decode", "ok", f"{uid.name} ({plugins})"))
+        else:
+            missing = ", ".join(sorted(decoder.missing_dependencies)) or "a plug-in"
+            out.append(Finding("decode", "warn", f"{uid.name}: cannot decode",
+                               f"install one of: {missing}"))
+    return out
+
+
+def check_device() -> list[Finding]:
+    """CUDA / MPS / CPU and the precision ``--dtype auto`` will use."""
+    import torch
+
+    from medblip_dicom.captioner import cpu_has_native_bf16, resolve_device, resolve_dtype
+
+    device = resolve_device("auto")
+    dtype = str(resolve_dtype("auto", device)).split(".")[-1]
+    out = []
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        bf16 = "yes" if torch.cuda.is_bf16_supported() else "no"
+        out.append(Finding("device", "ok", f"CUDA: {name} (bf16: {bf16}); auto uses cuda with {dtype}"))
+    else:
+        hint = "install a CUDA build of torch on a GPU machine for fast captioning"
+        if device.type == "mps":
+            out.append(Finding("device", "ok", f"Apple MPS; auto uses mps with {dtype}"))
+        else:
+            out.append(Finding("device", "warn", f"no GPU: auto uses the CPU with {dtype}", hint))
+    bf16 = "yes" if cpu_has_native_bf16() else "no"
+    out.append(Finding("device", "ok", f"CPU: {os.cpu_count()} cores, native bf16: {bf16}, torch {torch.__version__}"))
+    return out
+
+
+def check_model_cache() -> list[Finding]:
+    """The Hugging Face cache and the BLIP models already in it (usable offline)."""
+    from huggingface_hub import constants, scan_cache_dir
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    cache = Path(constants.HF_HUB_CACHE)
+    out = [Finding("models", "ok", f"cache {cache} (HF_HUB_OFFLINE={'1' if offline else '0'})")]
+    try:
+        repos = [r.repo_id for r in scan_cache_dir(cache).repos if r.repo_type == "model"]
+    except Exception:  # noqa: BLE001 - an absent or unreadable cache is just empty
+        repos = []
+    blip = [r for r in repos if "blip" in r.lower()]
+    if blip:
+        out.append(Finding("models", "ok", "cached BLIP models: " + ", ".join(sorted(blip))))
+    else:
+        out.append(Finding("models", "warn", "no BLIP model in the cache",
+                           "pass --model DIR (a save_pretrained directory, e.g. RUN_DIR/best from "
+                           "`medblip train`), or download a hub model on a machine with network"))
+    return out
+
+
+def check_tools() -> list[Finding]:
+    """dcmtk, dicom3tools and Orthanc (used by tests, validation and as a test PACS)."""
+    out = []
+    for tool, package in TOOLS.items():
+        path = shutil.which(tool)
+        if path:
+            out.append(Finding("tools", "ok", f"{tool}: {path}"))
+        else:
+            out.append(Finding("tools", "warn", f"{tool} not found", f"apt-get install {package}"))
+    orthanc = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
+    if orthanc:
+        out.append(Finding("tools", "ok", f"Orthanc: {orthanc}"))
+    else:
+        out.append(Finding("tools", "warn", "Orthanc not found (only needed as a test PACS)", "apt-get install orthanc"))
+    return out
+
+
+def check_port(host: str, port: int) -> list[Finding]:
+    """Whether the DICOM node could listen on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return [Finding("network", "fail", f"cannot listen on {host}:{port} ({exc.strerror})",
+                            "stop what uses the port, or choose another with --port / [node] port")]
+    return [Finding("network", "ok", f"{host}:{port} is free for `medblip node`")]
+
+
+def run_checks(host: str = "127.0.0.1", port: int = 11112) -> list[Finding]:
+    """All checks, in report order."""
+    return [*check_decoders(), *check_device(), *check_model_cache(), *check_tools(), *check_port(host, port)]
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """The report as text: one line per finding, hints indented below problems."""
+    marks = {"ok": "  ok ", "warn": "WARN ", "fail": "FAIL "}
+    lines, area = [], None
+    for f in findings:
+        if f.area != area:
+            area = f.area
+            lines.append(f"[{area}]")
+        lines.append(f"{marks[f.status]} {f.what}")
+        if f.hint:
+            lines.append(f"       -> {f.hint}")
+    problems = sum(f.status != "ok" for f in findings)
+    lines.append(f"{problems} problem(s) found" if problems else "everything looks fine")
+    return "\n".join(lines)

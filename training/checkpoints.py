@@ -1,0 +1,84 @@
+"""Checkpoints that a killed run can resume from exactly, written atomically.
+
+A checkpoint is a folder ``checkpoints/step-00000123/`` holding accelerate's ``save_state`` (model
+weights as safetensors, optimizer, scheduler, grad scaler and every RNG state) plus
+``trainer_state.json`` (epoch, step, position in the epoch, best metric, loss history, resolved
+config). It is written under a temporary name and renamed into place, so a folder with the final
+name is always complete. accelerate loads the state files with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medblip_dicom.fileio import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "step-"
+
+
+@dataclass
+class TrainerState:
+    """Where a run is; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    best_metric: float = -1.0
+    best_epoch: int = 0
+    loss_history: list[list[float]] = field(default_factory=list)  # [step, loss]
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainerState:
+        return cls(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def save_checkpoint(accelerator: Any, state: TrainerState, checkpoints_dir: Path, keep_last: int) -> Path:
+    """Save accelerator state + trainer state as ``step-NNNNNNNN`` atomically; prune to `keep_last`.
+
+    Every process must call this (accelerate gathers state collectively); only the main process
+    writes files.
+    """
+    final = checkpoints_dir / f"{PREFIX}{state.step:08d}"
+    tmp = checkpoints_dir / f".tmp-{PREFIX}{state.step:08d}"
+    if accelerator.is_main_process:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank writes its own RNG state file into tmp first
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(checkpoints_dir)
+        for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+             and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    found = list_checkpoints(checkpoints_dir)
+    return found[-1] if found else None

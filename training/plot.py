@@ -1,0 +1,34 @@
+"""The PNG of a run's curves: training loss per logged step and validation BLEU per epoch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def plot_curves(state: Any, path: str | os.PathLike[str]) -> Path:
+    """Write loss and BLEU curves of a :class:`TrainerState` to `path` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(10, 4))
+    if state.loss_history:
+        steps, losses = zip(*state.loss_history)
+        ax_loss.plot(steps, losses)
+    ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
+    epochs = [e["epoch"] for e in state.eval_history]
+    for key, label in (("bleu4", "corpus BLEU-4"), ("sentence_bleu4", "mean sentence BLEU-4"), ("bleu1", "corpus BLEU-1")):
+        values = [e.get(key) for e in state.eval_history]
+        if epochs and all(v is not None for v in values):
+            ax_bleu.plot(epochs, values, marker="o", label=label)
+    ax_bleu.set(title="validation BLEU", xlabel="epoch", ylabel="score", ylim=(0, 1))
+    if epochs:
+        ax_bleu.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
