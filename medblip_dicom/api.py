@@ -139,14 +139,16 @@ def caption_dicoms(
     """Caption many sources with batched model calls; yield one outcome per source, in order.
 
     A bad source yields a :class:`CaptionFailure` and never stops the others. `workers` threads
-    (default: up to 4, by CPU count; 0 = prepare in the calling thread) read and preprocess
+    (default: CPU count - 1, between 1 and 4; 0 = prepare in the calling thread) read and preprocess
     ahead of the model, at most two batches ahead.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     captioner = load_captioner(model, device=device, dtype=dtype)
     if workers is None:
-        workers = max(1, min(4, (os.cpu_count() or 2)))
+        # one core stays with the model: prepare threads on every core slow the model down more
+        # (oversubscription) than they help
+        workers = max(1, min(4, (os.cpu_count() or 2) - 1))
     lookahead = 2 * batch_size
 
     def prepare(src: DicomSource) -> _Prepared | CaptionFailure:

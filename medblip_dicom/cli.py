@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(cap)
     cap.set_defaults(func=cmd_caption)
 
+    from medblip_dicom.integrations.cli import add_commands
+
+    add_commands(sub)
+
     from medblip_dicom.training.cli import add_commands as add_training_commands
 
     add_training_commands(sub)

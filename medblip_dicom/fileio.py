@@ -1,9 +1,15 @@
-"""Small durable-file helpers shared by the report writer, training and the services."""
+"""Small durable-file helpers shared by the report writer, training and the services.
+
+Every write goes to a temporary name in the target folder (``.tmp-...``), is fsynced and renamed
+into place, and the folder is fsynced, so a reader or a restarted service never sees a partial file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,4 +44,39 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp)
         raise
     fsync_dir(target.parent)
+    return target
+
+
+def atomic_copy(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy `src` to `target` so that a reader sees the whole file or nothing."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+    return target
+
+
+def atomic_move(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Move `src` to `target`: a rename on one file system, else copy + fsync + rename + unlink."""
+    src, target = Path(src), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        atomic_copy(src, target)
+        os.unlink(src)
+    fsync_dir(target.parent)
+    fsync_dir(src.parent)
     return target

@@ -91,6 +91,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     out = Path(config.out)
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    _reset_accelerator_state()
     accelerator = Accelerator(mixed_precision=_mixed_precision(config, use_cpu),
                               gradient_accumulation_steps=config.grad_accum, cpu=use_cpu)
     set_seed(config.seed)
@@ -210,6 +211,20 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return asdict(state)
+
+
+def _reset_accelerator_state() -> None:
+    """Let a second ``train()`` in the same process choose its own precision.
+
+    accelerate keeps its state in a process-wide singleton that refuses a different
+    ``mixed_precision`` once set. Outside ``torchrun`` (one process) it is safe to forget it.
+    """
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _broadcast_state(accelerator: Any, state: TrainerState) -> TrainerState:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -55,7 +54,7 @@ def test_doctor_reports_decoders_tools_and_a_busy_port(capsys):
 def test_every_subcommand_help_has_an_example(capsys):
     import pytest
 
-    for command in ("caption", "train", "evaluate", "show-sr", "doctor", "quickstart"):
+    for command in ("caption", "train", "evaluate", "watch", "node", "status", "show-sr", "doctor", "quickstart"):
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0

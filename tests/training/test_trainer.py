@@ -111,8 +111,16 @@ def test_torchrun_two_processes_on_cpu(kaggle_root, tiny_model_dir, tmp_path):
            "-m", "medblip_dicom", "train", "--data", str(kaggle_root), "--base-model", str(tiny_model_dir),
            "--out", str(run), "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--max-length", "24",
            "--keep-last", "5", "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # its own session, so that on a timeout the launcher and both ranks are stopped together
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     # 24 rows / (2 ranks x 4) = 3 steps per epoch: one checkpoint per epoch end, written once
     assert checkpoints == ["step-00000003", "step-00000006"]

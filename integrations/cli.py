@@ -1,0 +1,250 @@
+"""The deployment subcommands of ``medblip``: ``watch``, ``node`` and ``status``.
+
+:func:`add_commands` registers them on the parser built in :mod:`medblip_dicom.cli`. Nothing heavy
+is imported here at module level (no pynetdicom, watchdog or torch); each handler imports what it
+needs. Handlers return the exit status: 0 fine, 1 some inputs failed or the service stopped on an
+error, 2 configuration or usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+WATCH_EXAMPLE = """\
+examples:
+  medblip watch /data/inbox --model ./my-blip-model --out /data/sr-out
+  medblip watch /mnt/share/inbox --model ./my-blip-model --out /data/sr-out --poll --spool /var/lib/medblip/spool
+  medblip watch /data/inbox --config /etc/medblip/medblip.toml --forward PACS@10.0.0.5:104
+  medblip watch /data/inbox --model ./my-blip-model --out /data/sr-out --once
+
+Files dropped into INBOX (nested folders too) are taken once their size and modification time
+settle, captioned, and their SRs written to --out and/or sent to --forward. Each input then moves
+to INBOX/done/ or INBOX/failed/ (with NAME.reason.txt). Names such as .DS_Store, hidden files and
+*.tmp / *.part are ignored. Stop with Ctrl-C or SIGTERM: work in progress resumes at the next start.
+"""
+
+NODE_EXAMPLE = """\
+examples:
+  medblip node --ae-title MEDBLIP --port 11112 --model ./my-blip-model --out /data/sr-out
+  medblip node --ae-title MEDBLIP --port 11112 --model ./my-blip-model --forward PACS@10.0.0.5:104
+  medblip node --config /etc/medblip/medblip.toml --host 0.0.0.0 --allow CT01 --allow PACS
+
+A Storage SCP (and C-ECHO): send studies to it with C-STORE, e.g.
+  dcmsend 127.0.0.1 11112 -aec MEDBLIP study/*.dcm
+Each instance is written to the spool before the node answers success; it is captioned in the
+background and the SR goes to --out and/or --forward (AET@HOST:PORT). It listens on 127.0.0.1
+unless --host or [node] host says otherwise. Stop with Ctrl-C or SIGTERM.
+"""
+
+STATUS_EXAMPLE = """\
+examples:
+  medblip status --spool /var/lib/medblip/spool
+  medblip status --spool /var/lib/medblip/spool --json
+
+Prints the queue depth (received, processing, reported), done (delivered, skipped), failed, and the
+oldest pending job with its last delivery error. Reads the journal only; safe while services run.
+"""
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help="BLIP model directory (save_pretrained: model + processor) or a cached hub id")
+    parser.add_argument("--out", "-o", type=Path, default=None, help="folder for the SR files ([output] dir)")
+    parser.add_argument("--forward", default=None, metavar="AET@HOST:PORT",
+                        help="send each SR to this Storage SCP, e.g. a PACS ([forward] destination)")
+    parser.add_argument("--config", "-c", type=Path, default=None, help="TOML configuration file")
+    parser.add_argument("--spool", type=Path, default=None,
+                        help="spool folder on a local disk ([spool] dir, default ./medblip-spool)")
+    parser.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                        help="compute precision")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per model call ([worker] batch_size)")
+    parser.add_argument("--picture", action="store_true", default=None,
+                        help="also write a Secondary Capture picture with the caption ([output] picture)")
+    _add_verbosity(parser)
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``watch``, ``node`` and ``status`` on the ``medblip`` subparsers."""
+    watch = subparsers.add_parser(
+        "watch", help="watch a folder: caption every DICOM file dropped into it",
+        description="Watch INBOX and caption every DICOM file dropped into it.",
+        epilog=WATCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    watch.add_argument("inbox", nargs="?", type=Path, default=None, metavar="INBOX",
+                       help="the folder to watch ([watch] inbox)")
+    watch.add_argument("--once", action="store_true", help="process what is in INBOX now, then exit")
+    watch.add_argument("--poll", action="store_true", default=None,
+                       help="poll instead of file system events (network shares)")
+    _add_common(watch)
+    watch.set_defaults(func=cmd_watch)
+
+    node = subparsers.add_parser(
+        "node", help="run a DICOM node (Storage SCP) that captions what it receives",
+        description="Run a DICOM Storage SCP that captions every image it receives.",
+        epilog=NODE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    node.add_argument("--ae-title", default=None, help="the node's AE title ([node] ae_title, default MEDBLIP)")
+    node.add_argument("--port", type=int, default=None, help="port to listen on ([node] port, default 11112)")
+    node.add_argument("--host", default=None, help="address to bind ([node] host, default 127.0.0.1)")
+    node.add_argument("--allow", action="append", default=None, metavar="AET",
+                      help="allow this calling AE title (repeatable; default: any)")
+    _add_common(node)
+    node.set_defaults(func=cmd_node)
+
+    status = subparsers.add_parser(
+        "status", help="show a spool's queue depth, done, failed and oldest pending job",
+        description="Show what a spool holds.",
+        epilog=STATUS_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--spool", type=Path, default=None, help="the spool folder (default ./medblip-spool)")
+    status.add_argument("--config", "-c", type=Path, default=None, help="take the spool folder from this file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "model": {"path": args.model, "device": args.device, "dtype": args.dtype},
+        "worker": {"batch_size": args.batch_size},
+        "spool": {"dir": args.spool},
+        "output": {"dir": args.out, "picture": args.picture},
+        "forward": {"destination": args.forward},
+    }
+
+
+def _log_level(args: argparse.Namespace) -> None:
+    """Services log their work (UIDs, states, timings) at INFO unless --quiet."""
+    level = logging.DEBUG if getattr(args, "verbose", False) else \
+        logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.getLogger("medblip_dicom").setLevel(level)
+    # pynetdicom's INFO/DEBUG lines describe every PDU; keep them for --verbose only.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop` (only in the main thread; elsewhere the caller stops)."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run_service(name: str, config: Any, *, watch: bool, node: bool, stop: threading.Event | None = None) -> int:
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.service import Service
+
+    try:
+        service = Service(config, watch=watch, node=node)
+    except MedblipError as exc:
+        print(f"medblip {name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = stop or threading.Event()
+    with _stop_on_signals(stop):
+        try:
+            service.run(stop)
+        except (MedblipError, OSError) as exc:
+            print(f"medblip {name}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if service.error is not None:
+        print(f"medblip {name}: stopped on an error: {type(service.error).__name__}: {service.error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Run ``medblip watch``."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.config import load_config
+
+    _log_level(args)
+    overrides = _overrides(args)
+    overrides["watch"] = {"inbox": args.inbox, "poll": args.poll}
+    try:
+        config = load_config(args.config, overrides)
+    except MedblipError as exc:
+        print(f"medblip watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.watch.inbox is None:
+        print("medblip watch: give the INBOX folder (or [watch] inbox in --config)", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.once:
+        return _run_service("watch", config, watch=True, node=False)
+
+    from medblip_dicom.integrations.service import Service
+
+    if not config.watch.inbox.is_dir():
+        print(f"medblip watch: {config.watch.inbox} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = Service(config, watch=True).run_once()
+    except MedblipError as exc:
+        print(f"medblip watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"took {result.taken} file(s): {result.delivered} delivered, {result.skipped} skipped, "
+          f"{result.failed} failed, {result.waiting} still waiting in the spool", file=sys.stderr)
+    return EXIT_FAILED if result.failed or result.waiting else EXIT_OK
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """Run ``medblip node``."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.config import load_config
+
+    _log_level(args)
+    overrides = _overrides(args)
+    overrides["node"] = {"ae_title": args.ae_title, "port": args.port, "host": args.host,
+                         "allowed_calling_aets": args.allow}
+    try:
+        config = load_config(args.config, overrides)
+    except MedblipError as exc:
+        print(f"medblip node: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_service("node", config, watch=False, node=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Run ``medblip status``."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.config import load_config
+    from medblip_dicom.integrations.spool import open_readonly_summary
+    from medblip_dicom.integrations.status import format_json, format_summary
+
+    try:
+        spool = args.spool or load_config(args.config).spool.dir
+        summary = open_readonly_summary(spool)
+    except MedblipError as exc:
+        print(f"medblip status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_json(str(spool), summary) if args.json else format_summary(str(spool), summary))
+    return EXIT_OK

@@ -1,0 +1,98 @@
+"""A Secondary Capture picture for viewers that do not render SR: the image with its caption beneath.
+
+Many PACS viewers show any image but not the text of a Structured Report. When ``[output]
+picture = true`` the worker also writes this picture and sends it with the SR: the windowed frame
+the model saw (:func:`medblip_dicom.pixels.dataset_to_image`), scaled to a readable width, with a
+white-on-black band below holding the caption and the words "machine-generated, UNVERIFIED, not for
+diagnosis". It is a Secondary Capture Image (highdicom ``SCImage``) in its own series of the same
+study, ImageType DERIVED\\SECONDARY, referencing the source image, with a deterministic UID (same
+source and model: same picture UID), exactly like the SR.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from medblip_dicom.captioner import ModelIdentity
+from medblip_dicom.preview import NOTICE, render_caption_picture
+from medblip_dicom.uids import stable_uid
+
+#: Series Number of the picture series (the SR series is 990).
+PICTURE_SERIES_NUMBER = 991
+PICTURE_SERIES_DESCRIPTION = "AI caption picture: machine-generated, not for diagnosis"
+
+
+def picture_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
+    """``(series_uid, sop_instance_uid)`` of the picture for `source`: deterministic, like the SR's."""
+    series = stable_uid("medblip-dicom/sc-series", str(source.SeriesInstanceUID), identity.weights_sha256)
+    instance = stable_uid("medblip-dicom/sc", str(source.SOPInstanceUID), identity.weights_sha256)
+    return series, instance
+
+
+def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset,
+                  identity: ModelIdentity) -> Dataset:
+    """Build the Secondary Capture for `source` (whose windowed frame is `image`).
+
+    Patient and study attributes are taken from `sr`, which already holds them cleaned of values
+    that break their VR, so the picture and the report always agree.
+    """
+    import highdicom as hd
+
+    from medblip_dicom import __version__
+
+    picture = render_caption_picture(image, caption)
+    series_uid, sop_uid = picture_uids(source, identity)
+
+    def attr(keyword: str) -> object:
+        value = sr.get(keyword)
+        return value if value not in (None, "") else None
+
+    with warnings.catch_warnings():  # highdicom warns about single-component person names
+        warnings.simplefilter("ignore", UserWarning)
+        sc = hd.sc.SCImage(
+            pixel_array=np.asarray(picture, dtype=np.uint8),
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            patient_orientation=("L", "F"),  # replaced below: the source's orientation, or empty
+            study_instance_uid=str(sr.StudyInstanceUID),
+            series_instance_uid=series_uid,
+            series_number=PICTURE_SERIES_NUMBER,
+            sop_instance_uid=sop_uid,
+            instance_number=int(sr.get("InstanceNumber") or 1),
+            manufacturer="medblip-dicom",
+            patient_id=attr("PatientID"),
+            patient_name=attr("PatientName"),
+            patient_birth_date=attr("PatientBirthDate"),
+            patient_sex=attr("PatientSex"),
+            accession_number=attr("AccessionNumber"),
+            study_id=attr("StudyID"),
+            study_date=attr("StudyDate"),
+            study_time=attr("StudyTime"),
+            referring_physician_name=attr("ReferringPhysicianName"),
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            series_description=PICTURE_SERIES_DESCRIPTION,
+            manufacturer_model_name=identity.name[:64],
+            software_versions=[f"medblip-dicom {__version__}", identity.version[:64]],
+            device_serial_number=identity.weights_sha256,
+        )
+    orientation = source.get("PatientOrientation")
+    sc.PatientOrientation = list(orientation) if orientation is not None and len(orientation) == 2 else ""
+    laterality = source.get("Laterality")
+    sc.Laterality = laterality if laterality in ("R", "L") else ""  # type 2C: empty when unknown
+    sc.ConversionType = "WSD"  # workstation: produced by software, not digitised
+    sc.BurnedInAnnotation = "NO"  # the burned-in text is the caption, nothing that identifies the patient
+    sc.DerivationDescription = "Windowed source image with its machine-generated caption rendered beneath"
+    sc.ImageComments = f"{NOTICE}. Caption: {caption}"[:10240]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    for keyword in ("SpecificCharacterSet", "StudyDescription"):
+        if keyword in sr:
+            setattr(sc, keyword, sr.get(keyword))
+    return sc

@@ -1,0 +1,184 @@
+"""Wires one spool to its producers (watch folder, node) and consumers (worker, delivery).
+
+:class:`Service` is what ``medblip watch`` and ``medblip node`` run: it opens the spool and
+recovers it, loads the model once, starts the worker and the delivery loop in threads, then the
+producers. :meth:`Service.stop` stops the producers first (no new work), lets the batch in
+progress finish, and closes the spool (claims are released, so a restart resumes them).
+If a thread dies of an unexpected error the service stops itself and :attr:`Service.error` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medblip_dicom.captioner import Captioner, GenerationSettings
+
+from medblip_dicom.integrations.config import ConfigError, ServiceConfig
+from medblip_dicom.integrations.delivery import Delivery
+from medblip_dicom.integrations.forward import ForwardClient
+from medblip_dicom.integrations.node import StorageNode
+from medblip_dicom.integrations.spool import FINAL_STATES, PENDING_STATES, JobState, Spool
+from medblip_dicom.integrations.watch import InboxWatcher
+from medblip_dicom.integrations.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+def load_service_captioner(config: ServiceConfig) -> Captioner:
+    """Load the configured model once, with the configured generation settings."""
+    m = config.model
+    if not m.path:
+        raise ConfigError("[model] path: no model given; pass --model or set it in the config file")
+    settings = GenerationSettings(num_beams=m.num_beams, max_new_tokens=m.max_new_tokens,
+                                  min_new_tokens=m.min_new_tokens, no_repeat_ngram_size=m.no_repeat_ngram_size)
+    return Captioner.load(m.path, device=m.device, dtype=m.dtype, settings=settings)
+
+
+@dataclass(frozen=True)
+class OnceResult:
+    """What ``--once`` did."""
+
+    taken: int
+    delivered: int
+    skipped: int
+    failed: int
+    waiting: int
+
+
+class Service:
+    """A spool with its worker, delivery and producers. Use :meth:`run` or :meth:`start`/:meth:`stop`."""
+
+    def __init__(self, config: ServiceConfig, *, watch: bool = False, node: bool = False,
+                 captioner: Captioner | None = None) -> None:
+        if not config.has_sink:
+            raise ConfigError("reports need somewhere to go: set [output] dir (--out) and/or "
+                              "[forward] destination (--forward)")
+        if watch and config.watch.inbox is None:
+            raise ConfigError("[watch] inbox: no inbox folder given")
+        self.config = config
+        self.want_watch = watch
+        self.want_node = node
+        self._captioner = captioner
+        self.spool: Spool | None = None
+        self.worker: Worker | None = None
+        self.delivery: Delivery | None = None
+        self.watcher: InboxWatcher | None = None
+        self.node: StorageNode | None = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._producer_stop = threading.Event()
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg = self.config
+        if self._captioner is None:
+            self._captioner = load_service_captioner(cfg)
+        self.spool = Spool(cfg.spool.dir, max_bytes=cfg.spool.max_bytes, min_free_bytes=cfg.spool.min_free_bytes)
+        recovered = self.spool.recover()
+        summary = self.spool.summary()
+        logger.info("spool %s: %d pending, %d done, %d failed%s", self.spool.root, summary.queue_depth, summary.done,
+                    summary.failed, " (after recovery)" if any(recovered.values()) else "")
+        self.worker = Worker(self.spool, self._captioner, batch_size=cfg.worker.batch_size,
+                             max_wait_s=cfg.worker.max_wait_s, prepare_workers=cfg.worker.prepare_workers,
+                             picture=cfg.output.picture)
+        forward = None
+        if cfg.forward.destination is not None:
+            forward = ForwardClient(cfg.forward.destination, calling_ae_title=cfg.forward.calling_ae_title,
+                                    timeout_s=cfg.forward.timeout_s, tls=cfg.forward.tls)
+        self.delivery = Delivery(self.spool, out_dir=cfg.output.dir, forward=forward,
+                                 study_quiet_s=cfg.output.study_quiet_s, retry_initial_s=cfg.forward.retry_initial_s,
+                                 retry_max_s=cfg.forward.retry_max_s)
+        if self.want_watch:
+            self.watcher = InboxWatcher(self.spool, cfg.watch)
+        if self.want_node:
+            self.node = StorageNode(self.spool, cfg.node)
+
+    def _thread(self, name: str, target: Callable[[threading.Event], None], stop: threading.Event) -> None:
+        def body() -> None:
+            try:
+                target(stop)
+            except BaseException as exc:  # noqa: BLE001 - report and stop the whole service
+                logger.exception("%s died: %s", name, exc)
+                if self.error is None:
+                    self.error = exc
+                self._stop.set()
+                self._producer_stop.set()
+
+        thread = threading.Thread(target=body, name=f"medblip-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the spool, load the model, start worker, delivery and producers."""
+        self._build()
+        assert self.worker is not None and self.delivery is not None
+        self._thread("worker", self.worker.run, self._stop)
+        self._thread("delivery", self.delivery.run, self._stop)
+        if self.watcher is not None:
+            self._thread("watch", self.watcher.run, self._producer_stop)
+        if self.node is not None:
+            self.node.start()
+
+    def stop(self) -> None:
+        """Stop producers, then worker and delivery (the batch in progress finishes), close the spool."""
+        self._producer_stop.set()
+        if self.node is not None:
+            self.node.stop()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+            if thread.is_alive():
+                logger.error("%s did not stop within 120 s", thread.name)
+        self._threads.clear()
+        if self.spool is not None:
+            self.spool.close()
+
+    @property
+    def stopped(self) -> threading.Event:
+        """Set when the service stops itself (a thread died) or was stopped."""
+        return self._stop
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set (or a thread dies), then stop cleanly."""
+        try:
+            self.start()
+            while not stop.wait(0.5):
+                if self._stop.is_set():
+                    break
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Service:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_once(self) -> OnceResult:
+        """Take what is in the inbox, caption it, deliver it once, and return (``medblip watch --once``).
+
+        Reports the destination did not take stay ``reported`` in the spool for the next run.
+        """
+        self._build()
+        assert self.spool is not None and self.worker is not None and self.delivery is not None
+        try:
+            before = self.spool.jobs()
+            last_id = max((j.id for j in before), default=0)
+            resumed = {j.id for j in before if j.state not in FINAL_STATES}
+            taken = self.watcher.take_all() if self.watcher is not None else 0
+            self.worker.process_available()
+            self.delivery.deliver_all_once()
+            mine = [j for j in self.spool.jobs() if j.id > last_id or j.id in resumed]
+            count = {s: sum(j.state is s for j in mine) for s in JobState}
+            return OnceResult(taken, count[JobState.DELIVERED], count[JobState.SKIPPED], count[JobState.FAILED],
+                              sum(count[s] for s in PENDING_STATES))
+        finally:
+            self.spool.close()

@@ -1,0 +1,80 @@
+"""The TOML configuration: the README's sample parses, mistakes are refused with the key named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from medblip_dicom.integrations.config import ConfigError, Destination, load_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_toml() -> str:
+    text = README.read_text()
+    section = text.split("## Deployment", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    return block
+
+
+def test_readme_sample_config_is_valid(tmp_path):
+    path = tmp_path / "medblip.toml"
+    path.write_text(readme_toml())
+    config = load_config(path)
+    assert config.node.ae_title == "MEDBLIP" and config.node.host == "127.0.0.1"
+    assert config.node.allowed_calling_aets == ("CT01", "PACS")
+    assert config.node.tls.enabled and config.node.tls.client_ca == Path("/etc/medblip/clients-ca.pem")
+    assert config.forward.destination == Destination("PACS", "10.0.0.5", 104)
+    assert config.spool.max_bytes == 20_000_000_000
+    assert config.watch.is_ignored(".DS_Store") and config.watch.is_ignored("scan.part")
+    assert not config.watch.is_ignored("IM0001.dcm") and not config.watch.is_ignored("IM0001")
+
+
+def test_defaults_are_safe():
+    config = load_config(None)
+    assert config.node.host == "127.0.0.1"  # loopback unless told otherwise
+    assert not config.node.tls.enabled and config.node.allowed_calling_aets == ()
+    assert config.output.picture is False and config.output.study_quiet_s == 0
+    assert not config.has_sink
+
+
+def test_flags_override_the_file_and_relative_paths_follow_the_file(tmp_path):
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "m.toml"
+    path.write_text('[node]\nport = 104\nae_title = "FROMFILE"\n[spool]\ndir = "spool"\n')
+    config = load_config(path, {"node": {"port": 11112, "ae_title": None}})
+    assert config.node.port == 11112 and config.node.ae_title == "FROMFILE"
+    assert config.spool.dir == tmp_path / "conf" / "spool"
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[node]\nae_tittle = "X"\n', "unknown key 'ae_tittle'"),
+    ('[nodes]\n', "unknown section [nodes]"),
+    ('[node]\nae_title = "A\\\\B"\n', "[node] ae_title"),
+    ('[node]\nport = 70000\n', "[node] port"),
+    ('[node]\nmax_pdu = 100\n', "[node] max_pdu"),
+    ('[node.tls]\ncert = "a.pem"\n', "[node.tls] cert/key"),
+    ('[forward]\ndestination = "PACS@host"\n', "[forward] destination"),
+    ('[forward]\nretry_initial_s = 10\nretry_max_s = 1\n', "[forward] retry_max_s"),
+    ('[worker]\nbatch_size = 0\n', "[worker] batch_size"),
+    ('[model]\ndtype = "int8"\n', "[model] dtype"),
+    ('[output]\npicture = "yes"\n', "[output] picture"),
+    ('[watch]\nignore = "*.tmp"\n', "[watch] ignore"),
+    ('not toml at all [', "not valid TOML"),
+])
+def test_mistakes_are_refused_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert key in str(info.value) and str(path) in str(info.value)
+
+
+def test_destination_parsing():
+    assert Destination.parse("ORTHANC@127.0.0.1:4242") == Destination("ORTHANC", "127.0.0.1", 4242)
+    assert Destination.parse("PACS@[::1]:104") == Destination("PACS", "::1", 104)
+    assert str(Destination("PACS", "::1", 104)) == "PACS@[::1]:104"
+    with pytest.raises(ConfigError):
+        Destination.parse("PACS@host:0")
