@@ -17,9 +17,6 @@ on a CPU), and appends the run to bench/RESULTS.md. Never run as a test.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +29,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from benchlib import RESULTS, record
+
 from medblip_dicom.api import caption_dicoms
 from medblip_dicom.captioner import Captioner, GenerationSettings
 from medblip_dicom.demo_model import build_blip_model
@@ -39,20 +38,6 @@ from medblip_dicom.pixels import dataset_to_image
 
 SOURCES = ("RG1_UNCI.dcm", "CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "RG3_J2KR.dcm", "JPEG2000.dcm",
            "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm")
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} x {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def make_inputs(folder: Path, n: int) -> list[Path]:
@@ -123,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-n", type=int, default=None, help="images for (c) (default: same as --n, "
                         "at most 256); its rate is per image, so fewer suffice")
     parser.add_argument("--model", type=Path, default=None, help="a base-size model dir (default: build one)")
-    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     n = args.n or ((8192 if gpu else 96) if args.full else (1024 if gpu else 24))
     settings = GenerationSettings(num_beams=1, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
@@ -148,14 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = ["| contender | images/s | setting |", "|---|---|---|", *[f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows],
              f"| **b/a** (goal >= 0.9) | **{b / a:.2f}** | |", f"| **b/c** (goal >= 3 on CPU) | **{b / c:.2f}** | |"]
-    command = "python bench/caption_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([f"### Captioning — {datetime.date.today().isoformat()}",
-                      f"Machine: {machine()}. Command: `{command.strip()}`. "
-                      f"{n} images, {args.tokens} new tokens each, BLIP-base architecture, random weights.", "",
-                      *table, ""])
-    print(text)
-    with args.results.open("a", encoding="utf-8") as fh:
-        fh.write("\n" + text)
+    record("Captioning", f"{n} images, {args.tokens} new tokens each, BLIP-base architecture, random weights.",
+           table, argv, args.results)
     return 0
 
 

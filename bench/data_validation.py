@@ -17,7 +17,6 @@ Prints files/s, the ratio b/a, and whether both dropped the same rows; appends t
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import random
 import sys
@@ -25,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import RESULTS, record
 from PIL import Image
 
 from medblip_dicom.training.records import Record
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--full", action="store_true")
-    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     n = args.n or (10_000 if args.full else 1_500)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,19 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         b = n / (time.perf_counter() - started)
     bad_b = {r.id for r, _, _ in report.dropped}
     same = "yes" if bad_a == bad_b else f"NO ({len(bad_a ^ bad_b)} rows differ)"
-    command = "python bench/data_validation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
-        f"### Data validation — {datetime.date.today().isoformat()}",
-        f"Machine: {os.cpu_count()} CPU cores. Command: `{command.strip()}`. {n} files, "
-        f"{len(bad_b)} bad (missing, empty, truncated, random bytes).", "",
+    record("Data validation", f"{n} files, {len(bad_b)} bad (missing, empty, truncated, random bytes).", [
         "| contender | files/s |", "|---|---|",
         f"| (a) sequential open + full decode | {a:.0f} |",
         f"| (b) validate_records (threads, draft decode) | {b:.0f} |",
         f"| **b/a** | **{b / a:.2f}** |",
-        f"| same rows dropped | {same} |", ""])
-    print(text)
-    with args.results.open("a", encoding="utf-8") as fh:
-        fh.write("\n" + text)
+        f"| same rows dropped | {same} |"], argv, args.results)
     return 0
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
-import os
 import random
 import resource
 import subprocess
@@ -30,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import RESULTS, record
 
 
 def make_data(folder: Path, n: int, image_size: int) -> Path:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--contender", choices=["original", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     size = "base" if args.full else "small"
     n = args.n or (64 if args.full else 96)
@@ -141,18 +141,14 @@ def main(argv: list[str] | None = None) -> int:
             line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
             results[contender] = json.loads(line[len("RESULT "):])
     a, b = results["original"], results["ours"]
-    command = "python bench/training_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
-        f"### Training — {datetime.date.today().isoformat()}",
-        f"Machine: {os.cpu_count()} CPU cores. Command: `{command.strip()}`. {size} BLIP, {n} samples "
-        f"(synthetic pictures, real ROCO captions), batch {args.batch_size}, one epoch.", "",
-        "| contender | samples/s | peak RSS (MB) | setting |", "|---|---|---|---|",
-        f"| (a) original loop | {a['samples_per_s']:.2f} | {a['peak_rss_mb']:.0f} | padded to the model maximum, fp32, labels unmasked |",
-        f"| (b) medblip trainer | {b['samples_per_s']:.2f} | {b['peak_rss_mb']:.0f} | longest-in-batch, {b['precision']} |",
-        f"| **b/a** (goal >= 2) | **{b['samples_per_s'] / a['samples_per_s']:.2f}** | | |", ""])
-    print(text)
-    with args.results.open("a", encoding="utf-8") as fh:
-        fh.write("\n" + text)
+    record("Training", f"{size} BLIP, {n} samples (synthetic pictures, real ROCO captions), batch "
+           f"{args.batch_size}, one epoch.", [
+               "| contender | samples/s | peak RSS (MB) | setting |", "|---|---|---|---|",
+               f"| (a) original loop | {a['samples_per_s']:.2f} | {a['peak_rss_mb']:.0f} | padded to the model "
+               "maximum, fp32, labels unmasked |",
+               f"| (b) medblip trainer | {b['samples_per_s']:.2f} | {b['peak_rss_mb']:.0f} | longest-in-batch, "
+               f"{b['precision']} |",
+               f"| **b/a** (goal >= 2) | **{b['samples_per_s'] / a['samples_per_s']:.2f}** | | |"], argv, args.results)
     return 0
 
 

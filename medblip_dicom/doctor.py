@@ -28,6 +28,24 @@ TOOLS = {
 }
 
 
+def find_system_tool(name: str) -> str | None:
+    """Path of a DICOM command-line tool from the system (dcmtk, dicom3tools, Orthanc).
+
+    pynetdicom installs Python apps called ``echoscu``, ``storescu``, ``findscu``... into the
+    virtual environment's ``bin``; when that environment is active they shadow dcmtk's tools of the
+    same name, whose options differ. Folders inside the running Python's prefix are skipped.
+    """
+    import sys
+
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix)}
+    folders = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+               if d and not any(os.path.realpath(d).startswith(p + os.sep) for p in prefixes)]
+    found = shutil.which(name, path=os.pathsep.join(folders))
+    if found is None and name == "Orthanc" and os.access("/usr/sbin/Orthanc", os.X_OK):
+        found = "/usr/sbin/Orthanc"  # Debian installs it outside an ordinary PATH
+    return found
+
+
 @dataclass(frozen=True)
 class Finding:
     """One line of the report."""
@@ -113,12 +131,12 @@ def check_tools() -> list[Finding]:
     """dcmtk, dicom3tools and Orthanc (used by tests, validation and as a test PACS)."""
     out = []
     for tool, package in TOOLS.items():
-        path = shutil.which(tool)
+        path = find_system_tool(tool)
         if path:
             out.append(Finding("tools", "ok", f"{tool}: {path}"))
         else:
             out.append(Finding("tools", "warn", f"{tool} not found", f"apt-get install {package}"))
-    orthanc = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
+    orthanc = find_system_tool("Orthanc")
     if orthanc:
         out.append(Finding("tools", "ok", f"Orthanc: {orthanc}"))
     else:

@@ -11,7 +11,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -28,14 +30,14 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `target` via a temporary file in the same folder, fsync, and rename."""
-    target = Path(target)
+@contextlib.contextmanager
+def _atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """Yield a file that becomes `target` only once it is complete and on disk."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -44,25 +46,21 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp)
         raise
     fsync_dir(target.parent)
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `target` via a temporary file in the same folder, fsync, and rename."""
+    target = Path(target)
+    with _atomic_file(target) as fh:
+        fh.write(data)
     return target
 
 
 def atomic_copy(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
     """Copy `src` to `target` so that a reader sees the whole file or nothing."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(target.parent)
+    with open(src, "rb") as fin, _atomic_file(target) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
     return target
 
 

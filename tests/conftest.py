@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,9 @@ def require_tool(name: str) -> str:
 
     CI installs dcmtk and dicom3tools, so a missing tool there is a set-up bug, not a skip.
     """
-    path = shutil.which(name)
+    from medblip_dicom.doctor import find_system_tool
+
+    path = find_system_tool(name)  # dcmtk's echoscu, not pynetdicom's app of the same name
     if path is None:
         message = f"{name} is not installed (Debian packages dcmtk / dicom3tools)"
         if _in_ci():
