@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (forced)")
     parser.add_argument("--baseline-n", type=int, default=None, help="images for (c) (default: same as --n, "
                         "at most 256); its rate is per image, so fewer suffice")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a) and (b); best counts")
     parser.add_argument("--model", type=Path, default=None, help="a base-size model dir (default: build one)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -121,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         captioner = Captioner.load(model_dir, device="auto", dtype="auto", settings=settings)
         captioner.generate(captioner.preprocess([dataset_to_image(pydicom.dcmread(files[0]))] * args.batch_size),
                            settings)  # warm-up
-        a = run_model_only(captioner, files, args.batch_size, settings)
-        b = run_pipeline(captioner, files, args.batch_size, settings, tmp / "out")
+        # (a) and (b) alternate; the best round of each counts, which filters out bursts of
+        # background load that would otherwise land on one contender only
+        a_runs, b_runs = [], []
+        for _ in range(args.rounds):
+            a_runs.append(run_model_only(captioner, files, args.batch_size, settings))
+            b_runs.append(run_pipeline(captioner, files, args.batch_size, settings, tmp / "out"))
+        a, b = max(a_runs), max(b_runs)
         c_files = files[: min(args.baseline_n or n, 256)]
         c = run_baseline(model_dir, c_files, settings)
     dtype = str(captioner.dtype).split(".")[-1]
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = ["| contender | images/s | setting |", "|---|---|---|", *[f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows],
              f"| **b/a** (goal >= 0.9) | **{b / a:.2f}** | |", f"| **b/c** (goal >= 3 on CPU) | **{b / c:.2f}** | |"]
-    record("Captioning", f"{n} images, {args.tokens} new tokens each, BLIP-base architecture, random weights.",
+    record("Captioning", f"{n} images, {args.tokens} new tokens each, BLIP-base architecture, random weights; "
+           f"(a) and (b) best of {args.rounds} alternating rounds.",
            table, argv, args.results)
     return 0
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from medblip_dicom.integrations.forward import DestinationUnavailable, ForwardClient
-from medblip_dicom.fileio import atomic_copy
+from medblip_dicom.fileio import atomic_copy, remove_stale_temp_files
 from medblip_dicom.integrations.spool import Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,16 @@ class Delivery:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.delivered_count = 0
+
+    def recover(self) -> int:
+        """At start: remove the temporary files a process killed mid-copy left in the output folder
+        (a reader never sees them under a final name, but they must not pile up). Returns how many."""
+        if self.out_dir is None:
+            return 0
+        removed = remove_stale_temp_files(self.out_dir)
+        if removed:
+            logger.warning("removed %d temporary file(s) that an interrupted copy left in %s", removed, self.out_dir)
+        return removed
 
     def run(self, stop: threading.Event, *, poll_s: float = 0.5) -> None:
         """Deliver until `stop` is set."""

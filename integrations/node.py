@@ -8,7 +8,8 @@ later, in the worker, so a sender is never kept waiting for the model.
 
 Statuses: 0x0000 once the instance is on disk (also for a duplicate, which is recorded as
 skipped); 0xA700 *out of resources* when the spool is full or cannot write; 0xC210 *cannot
-understand* when the data set cannot be decoded.
+understand* when the data set cannot be decoded, or is deflated and would inflate beyond
+:data:`~medblip_dicom.reading.MAX_INFLATED_BYTES`.
 
 Security: listens on 127.0.0.1 unless told otherwise; an optional calling-AE allow-list; optional
 TLS (server certificate; with ``client_ca`` a client certificate is required). TLS handshakes run
@@ -27,6 +28,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
+
+from medblip_dicom.reading import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, inflates_beyond
 
 from medblip_dicom.integrations.config import NodeConfig, NodeTLSConfig
 from medblip_dicom.integrations.spool import InstanceInfo, Spool, SpoolFullError
@@ -207,6 +210,18 @@ class StorageNode:
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         calling = event.assoc.requestor.ae_title
+        raw = event.request.DataSet
+        if str(event.context.transfer_syntax) == DEFLATED_SYNTAX and hasattr(raw, "seek"):
+            # pynetdicom inflates a deflated data set whole when it is first touched: check the
+            # size it inflates to first, streaming, so a small bomb cannot exhaust memory.
+            raw.seek(0)
+            too_big = inflates_beyond(raw)
+            raw.seek(0)
+            if too_big:
+                self.refused += 1
+                logger.warning("C-STORE from %s: SOPInstanceUID %s refused, 0xC210: its deflated data set inflates "
+                               "to more than %d MiB", calling, sop_uid, MAX_INFLATED_BYTES // 2**20)
+                return _status(STATUS_CANNOT_UNDERSTAND, "deflated data set too large")
         try:
             ds = event.dataset
             for _elem in ds:  # pydicom parses lazily: decode every top-level element now

@@ -93,6 +93,7 @@ class Service:
         self.delivery = Delivery(self.spool, out_dir=cfg.output.dir, forward=forward,
                                  study_quiet_s=cfg.output.study_quiet_s, retry_initial_s=cfg.forward.retry_initial_s,
                                  retry_max_s=cfg.forward.retry_max_s)
+        self.delivery.recover()
         if self.want_watch:
             self.watcher = InboxWatcher(self.spool, cfg.watch)
         if self.want_node:

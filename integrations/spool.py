@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -227,6 +228,21 @@ def _owner_alive(owner: str) -> bool:
     return _pid_alive(pid)
 
 
+_OWNED_FILE = re.compile(r"^(\d+)-([0-9a-f]{12})-")
+
+
+def _abandoned(path: Path, cutoff: float) -> bool:
+    """A file in tmp/ or inputs/ without a journal row may go when the spool instance that wrote it
+    is gone (its name starts with the owner's tag), or, for files of unknown origin, when it is old."""
+    match = _OWNED_FILE.match(path.name)
+    if match is not None and not _owner_alive(f"{match.group(1)}:{match.group(2)}"):
+        return True
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
 def unique_path(path: Path, tag: str) -> Path:
     """`path` if free, else ``stem-<tag>suffix`` (then with a counter)."""
     if not path.exists():
@@ -285,7 +301,19 @@ def read_instance_info(path: Path | BinaryIO) -> InstanceInfo:
     """Read the identifying attributes from a file's header; an unreadable file gives empty info."""
     import pydicom
 
+    from medblip_dicom.reading import deflated_data_set_offset, inflates_beyond
+
     try:
+        # A deflated data set is inflated whole by pydicom: measure it first (streaming), and leave
+        # one that would inflate absurdly to the worker, which refuses it with the reason.
+        with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as fh:
+            start = fh.tell()
+            offset = deflated_data_set_offset(fh.read(1 << 16))
+            if offset is not None:
+                fh.seek(start + offset)
+                if inflates_beyond(fh):
+                    return InstanceInfo()
+            fh.seek(start)
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=4096,
                              specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                                             "SeriesInstanceUID", "Manufacturer"])
@@ -324,6 +352,8 @@ class Spool:
         for sub in ("tmp", "inputs", "reports", "failed", "done"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        #: Prefix of this instance's files in tmp/ and inputs/: recovery can tell whose they are.
+        self._file_tag = self.owner.replace(":", "-")
         self._lock = threading.RLock()
         self._reserved = 0
         self.received_event = threading.Event()
@@ -466,7 +496,7 @@ class Spool:
         when the limits would be crossed (nothing is stored then).
         """
         with self._reservation(len(data)):
-            tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+            tmp = self.root / "tmp" / f"{self._file_tag}-{uuid.uuid4().hex}.part"
             hasher = _Hasher()
             hasher.update(data)
             try:
@@ -492,7 +522,7 @@ class Spool:
         src = Path(path)
         size = src.stat().st_size
         with self._reservation(size):
-            tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+            tmp = self.root / "tmp" / f"{self._file_tag}-{uuid.uuid4().hex}.part"
             hasher = _Hasher()
             copied = 0
             try:
@@ -512,7 +542,7 @@ class Spool:
     def _admit(self, tmp: Path, size: int, sha: str, info: InstanceInfo | None, origin: str, name: str,
                done_dir: str | os.PathLike[str] | None, failed_dir: str | os.PathLike[str] | None) -> Admission:
         info = info or InstanceInfo()
-        rel = f"inputs/{uuid.uuid4().hex}.dcm"
+        rel = f"inputs/{self._file_tag}-{uuid.uuid4().hex}.dcm"
         os.replace(tmp, self.root / rel)
         fsync_dir(self.root / "inputs")
         now = time.time()
@@ -692,7 +722,9 @@ class Spool:
         - final jobs whose input was not moved yet are moved now;
         - pending jobs whose input vanished fail with that reason;
         - files in inputs/ without a row (a crash between rename and commit: never acknowledged,
-          the producer still has the original) are removed, and tmp/ is emptied.
+          the producer still has the original) and partial files in tmp/ are removed: at once when
+          the spool instance that wrote them is gone (their names carry its owner tag), else once
+          they are a minute old.
         """
         done = {"requeued": 0, "unclaimed": 0, "disposed": 0, "missing": 0, "orphans": 0}
         stale = [r for r in self._rows("SELECT id, owner, state FROM jobs WHERE owner IS NOT NULL")
@@ -721,11 +753,12 @@ class Spool:
         cutoff = time.time() - _ORPHAN_AGE_S
         for path in (self.root / "inputs").iterdir():
             rel = f"inputs/{path.name}"
-            if rel not in known and path.stat().st_mtime < cutoff:
-                path.unlink()
-                done["orphans"] += 1
+            if rel not in known and _abandoned(path, cutoff):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    done["orphans"] += 1
         for path in (self.root / "tmp").iterdir():
-            if path.stat().st_mtime < cutoff:
+            if _abandoned(path, cutoff):
                 with contextlib.suppress(OSError):
                     path.unlink()
         if any(done.values()):

@@ -23,7 +23,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from medblip_dicom.captioner import Captioner, GenerationSettings
-from medblip_dicom.errors import MedblipError, ReportError
+from medblip_dicom.errors import DicomReadError, MedblipError, ReportError
 from medblip_dicom.pixels import choose_frame, dataset_to_image
 from medblip_dicom.reading import DicomSource, describe, read_image
 from medblip_dicom.report import build_report, write_report
@@ -214,6 +214,9 @@ def _prepare(source: DicomSource, frame: int | None, captioner: Captioner) -> _P
         t3 = time.perf_counter()
     except MedblipError as exc:
         return CaptionFailure(label, exc)
+    except Exception as exc:  # noqa: BLE001 - a library error on one odd source must not stop the others
+        return CaptionFailure(label, DicomReadError(
+            label, f"cannot be read or decoded ({type(exc).__name__}: {str(exc)[:300]})"))
     header = Dataset()
     if hasattr(found.dataset, "file_meta"):
         header.file_meta = found.dataset.file_meta

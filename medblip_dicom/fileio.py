@@ -1,7 +1,9 @@
 """Small durable-file helpers shared by the report writer, training and the services.
 
-Every write goes to a temporary name in the target folder (``.tmp-...``), is fsynced and renamed
-into place, and the folder is fsynced, so a reader or a restarted service never sees a partial file.
+Every write goes to a temporary name in the target folder (``.tmp-<pid>-...``), is fsynced and
+renamed into place, and the folder is fsynced, so a reader or a restarted service never sees a
+partial file under a final name. A process killed mid-write leaves its temporary file behind;
+:func:`remove_stale_temp_files` (run by the services at start) removes those of dead processes.
 """
 
 from __future__ import annotations
@@ -9,11 +11,56 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-")
+
+
+def _temp_prefix() -> str:
+    """Temporary names carry the writer's process id, so a later start can tell abandoned ones."""
+    return f".tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files (``.tmp-<pid>-...``) that writers killed mid-write left in `folder`.
+
+    Files of this process and of processes still alive are kept. Returns how many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        fsync_dir(folder)
+    return removed
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -34,7 +81,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 def _atomic_file(target: Path) -> Iterator[BinaryIO]:
     """Yield a file that becomes `target` only once it is complete and on disk."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

@@ -14,13 +14,15 @@ is returned instead.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -40,9 +42,16 @@ logger = logging.getLogger(__name__)
 DicomSource = Union[str, "os.PathLike[str]", bytes, bytearray, Dataset]
 
 #: One decoded frame may not exceed this many bytes (Rows x Columns x Samples x Bits Allocated / 8).
-#: 1 GiB is ~16k x 16k at 32 bits; real radiographs are < 100 MiB. Protects against headers that
-#: claim absurd sizes.
-MAX_FRAME_BYTES = 1 << 30
+#: 256 MiB is ~11.5k x 11.5k at 16 bits; real radiographs are < 100 MiB (a mammogram ~40 MiB).
+#: Protects against headers that claim absurd sizes: turning a frame into a picture peaks at about
+#: seven times its bytes (integer, float and 8-bit copies), so this caps one image at ~2 GiB.
+MAX_FRAME_BYTES = 256 << 20
+
+#: Deflated Explicit VR Little Endian: pydicom inflates such a data set whole, in memory, before
+#: anything in it can be checked, and zlib packs zeros ~1000:1, so a 1 MiB file could claim GiBs.
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+#: A deflated data set that inflates beyond this is refused without being inflated in memory.
+MAX_INFLATED_BYTES = 2 * MAX_FRAME_BYTES
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -110,7 +119,57 @@ def read_dataset(source: DicomSource) -> tuple[Dataset, str]:
     return _parse(lambda: path, label), label
 
 
+def deflated_data_set_offset(head: bytes) -> int | None:
+    """Where the deflated data set starts, when `head` (a Part 10 file's first bytes, file meta
+    included) names the deflated transfer syntax; None for any other file."""
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" \
+            or head[136:138] != b"UL":
+        return None
+    end = 144 + int.from_bytes(head[140:144], "little")
+    return end if DEFLATED_SYNTAX.encode() in head[144:end] else None
+
+
+def inflates_beyond(stream: BinaryIO, limit: int = MAX_INFLATED_BYTES) -> bool:
+    """True when the raw-deflate `stream` (read from its position) inflates to more than `limit` bytes.
+
+    Streams in 1 MiB steps, so checking costs CPU but no memory. A corrupt stream returns False
+    (the parser reports it).
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while chunk := stream.read(1 << 20):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1 << 20))
+                if total > limit:
+                    return True
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error:
+        return False
+    return False
+
+
+def _refuse_inflation_bomb(source: Path | BinaryIO, label: str) -> None:
+    with (open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source)) as fh:
+        start = fh.tell()
+        offset = deflated_data_set_offset(fh.read(1 << 16))
+        if offset is not None:
+            fh.seek(start + offset)
+            if inflates_beyond(fh):
+                raise InvalidDicomError(
+                    label, f"its deflated data set inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB; "
+                    "refusing to inflate it (a decompression bomb?)"
+                )
+        fh.seek(start)
+
+
 def _parse(opener, label: str) -> Dataset:  # noqa: ANN001 - opener returns a path or a file
+    try:
+        _refuse_inflation_bomb(opener(), label)
+    except OSError as exc:
+        raise DicomReadError(label, f"cannot be read ({exc.strerror or exc})") from None
     try:
         ds = pydicom.dcmread(opener())
     except _PydicomInvalidDicomError:
@@ -125,7 +184,8 @@ def _parse(opener, label: str) -> Dataset:  # noqa: ANN001 - opener returns a pa
             raise NotDicomError(
                 label, "not a DICOM file (no 'DICM' prefix and no DICOM data elements found)"
             ) from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, OverflowError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parser failure (pydicom also raises RuntimeError subclasses
+        # such as BytesLengthException for values cut short) means a corrupt or truncated file
         raise InvalidDicomError(
             label, f"corrupt or truncated DICOM file ({type(exc).__name__}: {exc})"
         ) from None
@@ -176,6 +236,15 @@ def check_image(ds: Dataset, label: str) -> None:
         raise InvalidDicomError(label, f"corrupt data element ({exc})") from None
 
     if not has_pixels:
+        missing = [keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if keyword not in ds]
+        if missing:
+            # Every DICOM instance names its SOP class and instance (type 1); a data set without
+            # them and without pixel data is a corrupt or truncated file (e.g. a valid header
+            # followed by garbage, or one cut short), not a valid non-image instance.
+            raise InvalidDicomError(
+                label, f"holds no Pixel Data (7FE0,0010) and no {' or '.join(missing)}: the file is corrupt or "
+                "truncated"
+            )
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise NotAnImageError(label, "holds floating-point pixel data (parametric map), which is not supported")
         kind = _sop_class_name(sop_class)

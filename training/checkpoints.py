@@ -17,12 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medblip_dicom.errors import MedblipError
 from medblip_dicom.fileio import fsync_dir
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
+
+
+class CheckpointError(MedblipError):
+    """A checkpoint that cannot be resumed from: refused (pickled code) or unreadable."""
 
 
 @dataclass
@@ -82,3 +87,25 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     found = list_checkpoints(checkpoints_dir)
     return found[-1] if found else None
+
+
+def load_checkpoint(accelerator: Any, folder: Path) -> TrainerState:
+    """Restore accelerator state (model, optimizer, scheduler, scaler, RNG) and trainer state from `folder`.
+
+    accelerate reads the state files with ``torch.load(weights_only=True)``: a file that holds
+    pickled objects other than tensors and plain values (e.g. code planted in ``optimizer.bin``) is
+    refused, never executed; that refusal is raised as :class:`CheckpointError` with one sentence.
+    """
+    import pickle
+    import re
+
+    try:
+        accelerator.load_state(str(folder))
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it would call {found.group(1)}" if found else "refused by torch.load(weights_only=True)"
+        raise CheckpointError(
+            f"refusing to resume from {folder}: a state file holds pickled objects other than tensors "
+            f"({what}); it was not written by medblip train or has been altered"
+        ) from None
+    return TrainerState.load(folder)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from medblip_dicom.training.checkpoints import TrainerState, latest_checkpoint, save_checkpoint
+from medblip_dicom.training.checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from medblip_dicom.training.config import TrainConfig
 from medblip_dicom.training.data import CaptionCollator, CaptionDataset, EpochShuffleSampler
 from medblip_dicom.training.records import Record, detect_layout, load_records
@@ -134,8 +134,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if found is None:
             logger.warning("--resume: no checkpoint in %s, starting from the beginning", checkpoints)
         else:
-            accelerator.load_state(str(found))
-            state = TrainerState.load(found)
+            state = load_checkpoint(accelerator, found)  # weights_only: pickled code is refused
             state.config = config.to_dict()
             logger.info("resumed from %s (epoch %d, step %d)", found, state.epoch, state.step)
 

@@ -7,10 +7,12 @@ to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -107,7 +109,8 @@ class Orthanc:
 
     def start(self, timeout_s: float = 30) -> None:
         log = open(self.folder / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([self.binary, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([self.binary, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # its own process group: killed as one
         log.close()
 
         def up() -> bool:
@@ -127,7 +130,8 @@ class Orthanc:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.proc = None
 
