@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from medblip_dicom.errors import MedblipError
-from medblip_dicom.fileio import atomic_move, atomic_write_bytes, fsync_dir
+from medblip_dicom.fileio import atomic_move, atomic_write_bytes, fsync_dir, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -205,16 +205,6 @@ _LIVE_OWNERS: set[str] = set()
 _LIVE_LOCK = threading.Lock()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _owner_alive(owner: str) -> bool:
     with _LIVE_LOCK:
         if owner in _LIVE_OWNERS:
@@ -225,7 +215,7 @@ def _owner_alive(owner: str) -> bool:
         return False
     if pid == os.getpid():
         return False  # this process, but an instance that is closed
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 _OWNED_FILE = re.compile(r"^(\d+)-([0-9a-f]{12})-")

@@ -26,7 +26,8 @@ def _temp_prefix() -> str:
     return f".tmp-{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this id exists (zombies included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
         pid = int(match.group(1))
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         try:
             os.unlink(entry.path)
