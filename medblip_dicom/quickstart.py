@@ -82,7 +82,7 @@ def run_quickstart(out: str | os.PathLike[str], *, epochs: int = 30, say: Callab
         say(render(pydicom.dcmread(outcome.sr_path)))
 
     say("\n4/4 done. Everything is under " + str(out) + ":")
-    say(f"    training data   {out / 'data'} (synthetic, both ROCO files: captions.txt, licences.txt)")
+    say(f"    training data   {out / 'data'} (synthetic, original ROCO layout: captions.txt, licences.txt, images/)")
     say(f"    training run    {out / 'run'} (metrics.jsonl, curves.png, checkpoints/)")
     say(f"    model           {best}")
     say(f"    SRs             {reports}")
