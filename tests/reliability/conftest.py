@@ -8,8 +8,6 @@ JSON file named by MEDBLIP_RELIABILITY_REPORT, if set.
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,22 +16,8 @@ import pytest
 # Orthanc, free ports and openssl certificates come from the deployment tests' helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integrations"))
 
-from integration_helpers import orthanc_factory  # noqa: E402,F401 - fixture
+from integration_helpers import no_leaked_threads, orthanc_factory  # noqa: E402,F401 - fixtures
 from reliability_helpers import Figures, ServiceProcess  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    """Fail a test that leaves a thread running (senders, servers must be stopped)."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 10
-    while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not leaked, "threads left running: " + ", ".join(sorted(t.name for t in leaked))
 
 
 @pytest.fixture(scope="session")

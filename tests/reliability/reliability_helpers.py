@@ -33,6 +33,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, generate_uid
 
+# Shared with the deployment tests (the reliability conftest puts tests/integrations on sys.path).
+from integration_helpers import in_ci, wait_for  # noqa: F401
+
 #: Written into every input of the reliability tests; no log, reason file or journal may hold them.
 PATIENT_NAME = "Reliabilitytest^Ottoline^Quennell"
 PATIENT_ID = "RLB-4417-ZXQ"
@@ -72,22 +75,6 @@ def scaled(full: int, minimum: int = 1) -> int:
 def seed() -> int:
     """MEDBLIP_RELIABILITY_SEED (default 5): the random choices of a run can be repeated."""
     return int(os.environ.get("MEDBLIP_RELIABILITY_SEED", "5"))
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Poll until `predicate()` is truthy; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 # -- figures ----------------------------------------------------------------------------------------
