@@ -4,7 +4,10 @@ The same N instances (CT_small re-issued with fresh UIDs) go over loopback with 
 (TCP_NODELAY=1, also set for storescp) to (a) ``storescp`` writing each file to a folder, and (b) the running service:
 node (durable spool write, fsync per instance) + worker captioning with a tiny model + delivery to
 an output folder. Prints instances/s for each, the ratio b/a (goal >= 0.7), and the time from
-C-STORE receipt to SR on disk (p50, p95, from the spool journal). Appends to bench/RESULTS.md.
+C-STORE receipt to SR on disk (p50, p95, from the spool journal). Two more rows say where the
+time goes: (b0) the node alone, spooling without a worker, and (c) the same pynetdicom listener
+with a C-STORE handler that answers at once, storing nothing: the ceiling of any pynetdicom node
+on this machine. Appends to bench/RESULTS.md.
 
     python bench/node_ingest.py            # 200 instances
     python bench/node_ingest.py --full     # 2,000 instances
@@ -83,6 +86,28 @@ def run_storescp(inputs: Path, out: Path, n: int) -> float:
     return n / elapsed
 
 
+def run_bare_listener(inputs: Path, work: Path, *, spool_only: bool) -> float:
+    """The node's listener alone: spooling each instance (`spool_only`), or answering at once."""
+    from medblip_dicom.integrations.config import config_from_dict
+    from medblip_dicom.integrations.node import StorageNode
+    from medblip_dicom.integrations.spool import Spool
+
+    class AnswerAtOnce(StorageNode):
+        def handle_store(self, event: object) -> int:
+            return 0x0000
+
+    config = config_from_dict({"model": {"path": "unused"}, "output": {"dir": str(work / "unused")},
+                               "node": {"port": free_port()}})
+    with Spool(work, min_free_bytes=0) as spool:
+        node = (StorageNode if spool_only else AnswerAtOnce)(spool, config.node)
+        node.start()
+        try:
+            elapsed = dcmsend(node.port, "MEDBLIP", inputs)
+        finally:
+            node.stop()
+    return len(list(inputs.iterdir())) / elapsed
+
+
 def run_node(inputs: Path, work: Path, n: int) -> tuple[float, list[float]]:
     from medblip_dicom.demo_model import build_blip_model
     from medblip_dicom.integrations.config import config_from_dict
@@ -123,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         make_inputs(work / "in", n)
         a = run_storescp(work / "in", work / "storescp-out", n)
         b, latencies = run_node(work / "in", work, n)
+        b0 = run_bare_listener(work / "in", work / "node-alone", spool_only=True)
+        c = run_bare_listener(work / "in", work / "bare", spool_only=False)
     p50, p95 = np.percentile(latencies, [50, 95])
     record("Node ingest", f"{n} CT_small instances (~38 KiB) by dcmsend over loopback, TCP_NODELAY=1; our node "
            "with its worker captioning (tiny model, CPU) and an output folder.", [
@@ -130,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                f"| (a) dcmtk storescp | {a:.0f} | files to a folder |",
                f"| (b) medblip node + worker | {b:.0f} | fsync per instance into the spool |",
                f"| **b/a** (goal >= 0.7) | **{b / a:.2f}** | |",
+               f"| (b0) medblip node alone | {b0:.0f} | spooling, no worker running; b0/a {b0 / a:.2f} |",
+               f"| (c) pynetdicom listener, answers at once | {c:.0f} | stores nothing; the ceiling, c/a {c / a:.2f} |",
                f"| C-STORE -> SR on disk | p50 {p50:.2f} s, p95 {p95:.2f} s | |"], argv, args.results)
     return 0
 

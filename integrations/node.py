@@ -8,8 +8,10 @@ later, in the worker, so a sender is never kept waiting for the model.
 
 Statuses: 0x0000 once the instance is on disk (also for a duplicate, which is recorded as
 skipped); 0xA700 *out of resources* when the spool is full or cannot write; 0xC210 *cannot
-understand* when the data set cannot be decoded, or is deflated and would inflate beyond
-:data:`~medblip_dicom.reading.MAX_INFLATED_BYTES`.
+understand* when the data set cannot be parsed (truncated, an unknown VR, a broken sequence at
+any depth: :func:`~medblip_dicom.reading.check_parsable`), or is deflated and would inflate beyond
+:data:`~medblip_dicom.reading.MAX_INFLATED_BYTES`. Values are not all converted here (that was
+most of a C-STORE's cost); one that breaks its VR fails the instance's job later, with a reason.
 
 Security: listens on 127.0.0.1 unless told otherwise; an optional calling-AE allow-list; optional
 TLS (server certificate; with ``client_ca`` a client certificate is required). TLS handshakes run
@@ -29,7 +31,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 
-from medblip_dicom.reading import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, inflates_beyond
+from medblip_dicom.reading import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, check_parsable, inflates_beyond
 
 from medblip_dicom.integrations.config import NodeConfig, NodeTLSConfig
 from medblip_dicom.integrations.spool import InstanceInfo, Spool, SpoolFullError
@@ -224,8 +226,7 @@ class StorageNode:
                 return _status(STATUS_CANNOT_UNDERSTAND, "deflated data set too large")
         try:
             ds = event.dataset
-            for _elem in ds:  # pydicom parses lazily: decode every top-level element now
-                pass
+            check_parsable(ds)  # VRs and sequences, without converting every value
             info = InstanceInfo(
                 sop_instance_uid=str(ds.get("SOPInstanceUID") or sop_uid) or None,
                 sop_class_uid=str(ds.get("SOPClassUID") or request.AffectedSOPClassUID or "") or None,

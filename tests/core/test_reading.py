@@ -114,3 +114,68 @@ class TestRefused:
         ds.NumberOfFrames = 1
         with pytest.raises(InvalidDicomError, match="refusing to decode"):
             read_image(ds)
+
+
+class TestCheckParsable:
+    """The node's cheap decode check: VRs and sequences at any depth, values left lazy."""
+
+    @staticmethod
+    def _read(data: bytes, implicit: bool = False) -> pydicom.Dataset:
+        import io
+
+        from pydicom.filereader import read_dataset
+
+        return read_dataset(io.BytesIO(data), implicit, True)
+
+    @staticmethod
+    def _encode(ds: pydicom.Dataset, implicit: bool = False) -> bytes:
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_dataset(fp, ds)
+        return fp.getvalue()
+
+    def _nested(self) -> pydicom.Dataset:
+        inner = pydicom.Dataset()
+        inner.CodeValue = "121"
+        outer = pydicom.Dataset()
+        outer.ConceptNameCodeSequence = [inner]
+        ds = pydicom.Dataset()
+        ds.PatientName = "Doe^Jane"
+        ds.ContentSequence = [outer]
+        return ds
+
+    @pytest.mark.parametrize("implicit", [False, True])
+    def test_good_data_sets_pass(self, td, implicit):
+        from medblip_dicom.reading import check_parsable
+
+        check_parsable(self._read(self._encode(self._nested(), implicit), implicit))
+        ct = pydicom.dcmread(td("CT_small.dcm"))
+        check_parsable(self._read(self._encode(ct)))
+
+    def test_unknown_vr_at_top_level(self):
+        from medblip_dicom.reading import check_parsable
+
+        data = self._encode(self._nested()) + b"\x10\x00\x20\x00ZZ\x04\x00abcd"
+        with pytest.raises(ValueError, match="unknown VR 'ZZ'"):
+            check_parsable(self._read(data))
+
+    def test_unknown_vr_two_sequences_deep(self):
+        from medblip_dicom.reading import check_parsable
+
+        data = bytearray(self._encode(self._nested()))
+        at = data.index(b"\x08\x00\x00\x01SH")  # (0008,0100) CodeValue inside the inner item
+        data[at + 4:at + 6] = b"QQ"
+        ds = self._read(bytes(data))
+        with pytest.raises(ValueError, match="unknown VR 'QQ'"):
+            check_parsable(ds)
+
+    def test_values_are_not_all_converted(self, td):
+        from medblip_dicom.reading import check_parsable
+
+        ds = self._read(self._encode(pydicom.dcmread(td("CT_small.dcm"))))
+        check_parsable(ds)
+        raw = [tag for tag in ds.keys() if type(ds.get_item(tag)).__name__ == "RawDataElement"]
+        assert len(raw) > 0.9 * len(ds)  # the check left them lazy: that is what makes it cheap
