@@ -20,6 +20,8 @@ A complete file (every key is optional; these are the defaults unless marked)::
     batch_size = 8                    # images per model call
     max_wait_s = 1.0                  # a partial batch waits at most this long for more work
     prepare_workers = 2               # threads that read and decode ahead of the model
+    separate_process = true           # caption in a child process: ingest never waits for the model
+    nice = 10                         # CPU priority of that process (0 = same as the service)
 
     [spool]
     dir = "medblip-spool"             # local disk: SQLite WAL does not work on network shares
@@ -150,16 +152,28 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Batching across jobs: a batch is taken when full or when its oldest job waited max_wait_s."""
+    """Batching across jobs: a batch is taken when full or when its oldest job waited max_wait_s.
+
+    ``separate_process``: the long-running services caption in a child process at CPU priority
+    ``nice`` (see :mod:`medblip_dicom.integrations.workerproc`); ``--once`` and a service given a
+    loaded captioner caption in-process.
+    """
 
     batch_size: int = 8
     max_wait_s: float = 1.0
     prepare_workers: int = 2
+    separate_process: bool = True
+    nice: int = 10
 
     def __post_init__(self) -> None:
         _check_int("worker", "batch_size", self.batch_size, 1)
         _check_positive("worker", "max_wait_s", self.max_wait_s, allow_zero=True)
         _check_int("worker", "prepare_workers", self.prepare_workers, 0)
+        if not isinstance(self.separate_process, bool):
+            raise ConfigError(f"[worker] separate_process must be true or false, got {self.separate_process!r}")
+        _check_int("worker", "nice", self.nice, 0)
+        if self.nice > 19:
+            raise ConfigError(f"[worker] nice must be 0 to 19, got {self.nice}")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Wires one spool to its producers (watch folder, node) and consumers (worker, delivery).
 
 :class:`Service` is what ``medblip watch`` and ``medblip node`` run: it opens the spool and
-recovers it, loads the model once, starts the worker and the delivery loop in threads, then the
-producers. :meth:`Service.stop` stops the producers first (no new work), lets the batch in
-progress finish, and closes the spool (claims are released, so a restart resumes them).
-If a thread dies of an unexpected error the service stops itself and :attr:`Service.error` says why.
+recovers it, starts the worker (by default in a child process that loads the model:
+:mod:`~medblip_dicom.integrations.workerproc`; in a thread when given a loaded captioner or with
+``[worker] separate_process = false``) and the delivery loop, then the producers.
+:meth:`Service.stop` stops the producers first (no new work), lets the batch in progress finish,
+and closes the spool (claims are released, so a restart resumes them). If a thread or the worker
+process dies of an unexpected error the service stops itself and :attr:`Service.error` says why.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from medblip_dicom.captioner import Captioner, GenerationSettings
+from typing import TYPE_CHECKING
 
 from medblip_dicom.integrations.config import ConfigError, ServiceConfig
 from medblip_dicom.integrations.delivery import Delivery
@@ -22,13 +24,19 @@ from medblip_dicom.integrations.forward import ForwardClient
 from medblip_dicom.integrations.node import StorageNode
 from medblip_dicom.integrations.spool import FINAL_STATES, PENDING_STATES, JobState, Spool
 from medblip_dicom.integrations.watch import InboxWatcher
-from medblip_dicom.integrations.worker import Worker
+from medblip_dicom.integrations.workerproc import WorkerProcess
+
+if TYPE_CHECKING:
+    from medblip_dicom.captioner import Captioner
+    from medblip_dicom.integrations.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 
 def load_service_captioner(config: ServiceConfig) -> Captioner:
     """Load the configured model once, with the configured generation settings."""
+    from medblip_dicom.captioner import Captioner, GenerationSettings
+
     m = config.model
     if not m.path:
         raise ConfigError("[model] path: no model given; pass --model or set it in the config file")
@@ -64,6 +72,7 @@ class Service:
         self._captioner = captioner
         self.spool: Spool | None = None
         self.worker: Worker | None = None
+        self.worker_process: WorkerProcess | None = None
         self.delivery: Delivery | None = None
         self.watcher: InboxWatcher | None = None
         self.node: StorageNode | None = None
@@ -74,18 +83,27 @@ class Service:
 
     # -- building ------------------------------------------------------------------------------
 
-    def _build(self) -> None:
+    def _build(self, *, in_process: bool) -> None:
         cfg = self.config
-        if self._captioner is None:
+        if in_process and self._captioner is None:
             self._captioner = load_service_captioner(cfg)
         self.spool = Spool(cfg.spool.dir, max_bytes=cfg.spool.max_bytes, min_free_bytes=cfg.spool.min_free_bytes)
         recovered = self.spool.recover()
         summary = self.spool.summary()
         logger.info("spool %s: %d pending, %d done, %d failed%s", self.spool.root, summary.queue_depth, summary.done,
                     summary.failed, " (after recovery)" if any(recovered.values()) else "")
-        self.worker = Worker(self.spool, self._captioner, batch_size=cfg.worker.batch_size,
-                             max_wait_s=cfg.worker.max_wait_s, prepare_workers=cfg.worker.prepare_workers,
-                             picture=cfg.output.picture)
+        if in_process:
+            from medblip_dicom.integrations.worker import Worker
+
+            assert self._captioner is not None
+            self.worker = Worker(self.spool, self._captioner, batch_size=cfg.worker.batch_size,
+                                 max_wait_s=cfg.worker.max_wait_s, prepare_workers=cfg.worker.prepare_workers,
+                                 picture=cfg.output.picture)
+        else:
+            # Process-shared events: each side wakes the other without polling.
+            self.spool.received_event, self.spool.reported_event = WorkerProcess.shared_events()
+            self.worker_process = WorkerProcess(cfg, received=self.spool.received_event,
+                                                reported=self.spool.reported_event)
         forward = None
         if cfg.forward.destination is not None:
             forward = ForwardClient(cfg.forward.destination, calling_ae_title=cfg.forward.calling_ae_title,
@@ -116,16 +134,37 @@ class Service:
 
     # -- running -------------------------------------------------------------------------------
 
+    @property
+    def separate_worker(self) -> bool:
+        """True when the worker runs in its own process (not when a loaded captioner was given)."""
+        return self._captioner is None and self.config.worker.separate_process
+
     def start(self) -> None:
-        """Open the spool, load the model, start worker, delivery and producers."""
-        self._build()
-        assert self.worker is not None and self.delivery is not None
-        self._thread("worker", self.worker.run, self._stop)
+        """Open the spool, start the worker (it loads the model), delivery and producers."""
+        self._build(in_process=not self.separate_worker)
+        assert self.delivery is not None
+        if self.worker_process is not None:
+            try:
+                self.worker_process.start()
+            except BaseException:
+                self.spool.close()  # type: ignore[union-attr]
+                raise
+            self._thread("worker-watch", self._watch_worker_process, self._stop)
+        else:
+            assert self.worker is not None
+            self._thread("worker", self.worker.run, self._stop)
         self._thread("delivery", self.delivery.run, self._stop)
         if self.watcher is not None:
             self._thread("watch", self.watcher.run, self._producer_stop)
         if self.node is not None:
             self.node.start()
+
+    def _watch_worker_process(self, stop: threading.Event) -> None:
+        """Stop the service when the worker process exits on its own."""
+        assert self.worker_process is not None
+        while not stop.wait(0.5):
+            if not self.worker_process.is_alive():
+                raise RuntimeError(f"the worker process exited with code {self.worker_process.exitcode}")
 
     def stop(self) -> None:
         """Stop producers, then worker and delivery (the batch in progress finishes), close the spool."""
@@ -133,6 +172,8 @@ class Service:
         if self.node is not None:
             self.node.stop()
         self._stop.set()
+        if self.worker_process is not None:
+            self.worker_process.stop()
         for thread in self._threads:
             thread.join(timeout=120)
             if thread.is_alive():
@@ -168,7 +209,7 @@ class Service:
 
         Reports the destination did not take stay ``reported`` in the spool for the next run.
         """
-        self._build()
+        self._build(in_process=True)
         assert self.spool is not None and self.worker is not None and self.delivery is not None
         try:
             before = self.spool.jobs()

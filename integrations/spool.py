@@ -717,19 +717,7 @@ class Spool:
           they are a minute old.
         """
         done = {"requeued": 0, "unclaimed": 0, "disposed": 0, "missing": 0, "orphans": 0}
-        stale = [r for r in self._rows("SELECT id, owner, state FROM jobs WHERE owner IS NOT NULL")
-                 if not _owner_alive(r["owner"])]
-        if stale:
-            now = time.time()
-            with self._write() as db:
-                for row in stale:
-                    if row["state"] == JobState.PROCESSING.value:
-                        db.execute("UPDATE jobs SET state=?, owner=NULL, updated_at=? WHERE id=? AND owner=?",
-                                   (JobState.RECEIVED.value, now, row["id"], row["owner"]))
-                        done["requeued"] += 1
-                    else:
-                        db.execute("UPDATE jobs SET owner=NULL WHERE id=? AND owner=?", (row["id"], row["owner"]))
-                        done["unclaimed"] += 1
+        done["requeued"], done["unclaimed"] = self._release_dead_claims()
         for job in [self._job(r) for r in self._rows(
                 "SELECT * FROM jobs WHERE state IN (?, ?, ?) AND disposed=0", tuple(s.value for s in FINAL_STATES))]:
             self._dispose_job(job)
@@ -753,9 +741,42 @@ class Spool:
                     path.unlink()
         if any(done.values()):
             logger.warning("spool %s recovered: %s", self.root, ", ".join(f"{k} {v}" for k, v in done.items() if v))
-        if done["requeued"]:
-            self.received_event.set()
         return done
+
+    def release_dead_claims(self) -> int:
+        """Hand back the claims of processes that are gone (processing jobs go back to received).
+
+        :meth:`recover` does this at start; a service also calls it now and then, because a
+        process killed just before the start may not have been gone yet (its worker process,
+        say, still exiting) and its jobs would otherwise wait for the next restart.
+        Returns how many claims were released.
+        """
+        requeued, unclaimed = self._release_dead_claims()
+        if requeued or unclaimed:
+            logger.warning("spool %s: released %d job(s) claimed by processes that are gone", self.root,
+                           requeued + unclaimed)
+        return requeued + unclaimed
+
+    def _release_dead_claims(self) -> tuple[int, int]:
+        stale = [r for r in self._rows("SELECT id, owner, state FROM jobs WHERE owner IS NOT NULL")
+                 if not _owner_alive(r["owner"])]
+        requeued = unclaimed = 0
+        if stale:
+            now = time.time()
+            with self._write() as db:
+                for row in stale:
+                    if row["state"] == JobState.PROCESSING.value:
+                        db.execute("UPDATE jobs SET state=?, owner=NULL, updated_at=? WHERE id=? AND owner=?",
+                                   (JobState.RECEIVED.value, now, row["id"], row["owner"]))
+                        requeued += 1
+                    else:
+                        db.execute("UPDATE jobs SET owner=NULL WHERE id=? AND owner=?", (row["id"], row["owner"]))
+                        unclaimed += 1
+        if requeued:
+            self.received_event.set()
+        if unclaimed:
+            self.reported_event.set()
+        return requeued, unclaimed
 
     def _dispose_job(self, job: Job) -> None:
         """Move a final job's input to done/ or failed/ (with a reason file), or delete it; drop its reports."""

@@ -50,10 +50,18 @@ class Worker:
 
     # -- loop ------------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, poll_s: float = 0.5) -> None:
-        """Process batches until `stop` is set (the batch in progress is finished first)."""
+    def run(self, stop: threading.Event, *, poll_s: float = 0.5, reclaim_every_s: float = 5.0) -> None:
+        """Process batches until `stop` is set (the batch in progress is finished first).
+
+        Every `reclaim_every_s` it also takes back the claims of processes that are gone
+        (:meth:`Spool.release_dead_claims`), so a crashed peer's jobs do not wait for a restart.
+        """
         logger.info("worker started (batch size %d, max wait %.2f s)", self.batch_size, self.max_wait_s)
+        next_reclaim = time.monotonic() + reclaim_every_s
         while not stop.is_set():
+            if time.monotonic() >= next_reclaim:
+                self.spool.release_dead_claims()
+                next_reclaim = time.monotonic() + reclaim_every_s
             self.spool.received_event.clear()
             waiting = self.spool.count(JobState.RECEIVED)
             if waiting == 0:

@@ -27,14 +27,23 @@ def _temp_prefix() -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True while a process with this id exists (zombies included)."""
+    """True while a process with this id exists and has not exited.
+
+    A zombie (exited, not yet reaped: an orphan whose new parent reaps late) counts as gone; on
+    Linux its state is read from ``/proc``.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux), or it vanished just now: trust kill(0)
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state != ["Z"] and state != ["X"]
 
 
 def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:

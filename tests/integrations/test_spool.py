@@ -129,6 +129,37 @@ def test_processing_jobs_of_a_killed_process_are_requeued(tmp_path, td):
         assert all(j.owner is None for j in spool.jobs())
 
 
+def test_claims_of_an_unreaped_killed_process_are_released_while_running(tmp_path, td):
+    """A claimer killed but not yet reaped (a zombie: an orphaned worker whose new parent reaps
+    late) is gone; a running service takes its jobs back without a restart."""
+    from medblip_dicom.fileio import pid_alive
+
+    root = tmp_path / "spool"
+    with Spool(root, min_free_bytes=0) as spool:
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            spool.add_file(td(name), origin="test", name=name)
+        code = ("import os, signal, sys; from medblip_dicom.integrations.spool import Spool; "
+                "s = Spool(sys.argv[1], min_free_bytes=0); assert len(s.claim(5)) == 2; "
+                "print('claimed', flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline() == b"claimed\n"
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                assert time.monotonic() < deadline, "the child did not die"
+                time.sleep(0.02)
+            assert not pid_alive(proc.pid)  # not reaped yet, and still counted as gone
+            assert spool.count(JobState.PROCESSING) == 2
+            spool.received_event.clear()
+            assert spool.release_dead_claims() == 2
+            assert spool.received_event.is_set()  # the worker is woken for them
+            assert spool.count(JobState.RECEIVED) == 2
+        finally:
+            proc.wait(10)
+            proc.stdout.close()
+    assert pid_alive(os.getpid())
+
+
 def test_claims_of_a_live_instance_are_not_stolen(tmp_path, td):
     with Spool(tmp_path / "spool", min_free_bytes=0) as first:
         first.add_file(td("CT_small.dcm"), origin="test", name="ct.dcm")

@@ -223,13 +223,23 @@ class ServiceProcess:
         return took
 
     def rss_peak_now(self) -> int | None:
-        """The process's peak resident set size so far (VmHWM), in bytes."""
+        """Peak resident set size so far (VmHWM), in bytes: the service process plus its
+        descendants (the worker process holds the model), each process's own peak summed."""
         try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except (OSError, AssertionError):
+            pids = [self.pid, *descendants(self.pid)]
+        except AssertionError:
             return None
-        match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
-        return int(match.group(1)) * 1024 if match else None
+        total, seen = 0, False
+        for pid in pids:
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+            if match:
+                total += int(match.group(1)) * 1024
+                seen = True
+        return total if seen else None
 
     def _note_peak(self) -> None:
         peak = self.rss_peak_now()
@@ -270,6 +280,22 @@ class ServiceProcess:
     @property
     def max_peak_rss(self) -> int | None:
         return max(self.peak_rss) if self.peak_rss else None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc/PID/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in children.read_text().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
 
 
 def listening_addresses(port: int) -> list[str]:

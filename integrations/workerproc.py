@@ -1,0 +1,218 @@
+"""The worker in a process of its own, so that ingest never waits for the model.
+
+In one process the node's C-STORE handling and the worker's Python (decoding, SR building) take
+turns on one interpreter lock, and the model's threads take the CPU: with the worker running, the
+node stored half as many instances a second as without it (bench/node_ingest.py). Here the
+worker runs in a child process (``spawn``: no fork of a process holding threads), at a lower CPU
+priority (``[worker] nice``), on the same spool (SQLite WAL; several processes may share one).
+
+Lifecycle: :meth:`WorkerProcess.start` spawns the child and waits until it has loaded the model;
+a model that cannot be loaded raises :class:`WorkerStartError` with the child's reason, as an
+in-process load would. :meth:`WorkerProcess.stop` asks the child to stop (the batch in progress
+finishes) and waits; SIGTERM/SIGINT sent to the child (systemd stops the whole control group,
+Ctrl-C the whole process group) mean the same. A child whose parent is gone stops by itself, so
+a killed service never leaves a worker behind. The spool's "received" and "reported" events are
+:class:`Doorbell` pipes shared by both processes, so neither side polls to learn that the other
+has work for it. (Not ``multiprocessing.Event``: its ``set()`` waits for every sleeper to wake,
+so a worker killed while waiting would hang the node's C-STORE handler for good.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from medblip_dicom.errors import MedblipError
+
+from medblip_dicom.integrations.config import ServiceConfig
+
+logger = logging.getLogger(__name__)
+
+#: How long the child may take to load the model before the service gives up on it.
+START_TIMEOUT_S = 600.0
+
+
+class WorkerStartError(MedblipError):
+    """The worker process could not start (the model did not load, or the process died)."""
+
+
+class Doorbell:
+    """A threading.Event-like signal between processes that no participant's death can block.
+
+    A pipe: :meth:`set` writes a byte without blocking (a full pipe is rung already; a reader
+    that is gone is ignored), :meth:`wait` waits until the pipe is readable, :meth:`clear`
+    drains it. Several processes may ring; one process waits. Picklable for ``spawn``.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self._writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        os.set_blocking(self._writer.fileno(), False)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(self._writer.fileno(), b"!")
+
+    def is_set(self) -> bool:
+        return self._reader.poll(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._reader.poll(timeout)
+
+    def clear(self) -> None:
+        fd = self._reader.fileno()
+        blocking = os.get_blocking(fd)
+        os.set_blocking(fd, False)
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        finally:
+            os.set_blocking(fd, blocking)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        os.set_blocking(self._writer.fileno(), False)
+
+
+class WorkerProcess:
+    """A :class:`~medblip_dicom.integrations.worker.Worker` running in a child process."""
+
+    def __init__(self, config: ServiceConfig, *, received: Doorbell, reported: Doorbell) -> None:
+        self.config = config
+        self._ctx = multiprocessing.get_context("spawn")
+        self._received = received
+        self._reported = reported
+        self._stop = Doorbell()  # not multiprocessing.Event: see the module docstring
+        self._process: Any = None
+
+    @staticmethod
+    def shared_events() -> tuple[Doorbell, Doorbell]:
+        """Two process-shared signals for a spool's ``received_event`` and ``reported_event``."""
+        return Doorbell(), Doorbell()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.exitcode if self._process is not None else None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Spawn the child and wait until its model is loaded; raise WorkerStartError if it is not."""
+        parent_end, child_end = self._ctx.Pipe(duplex=False)
+        root = logging.getLogger()
+        fmt = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
+        levels = {name: logging.getLogger(name).level for name in ("medblip_dicom", "pynetdicom")}
+        self._process = self._ctx.Process(
+            target=_child_main, name="medblip-worker", daemon=False,
+            args=(self.config, self._stop, self._received, self._reported, child_end, os.getpid(), fmt, levels),
+        )
+        self._process.start()
+        child_end.close()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not parent_end.poll(0.2):
+                if not self._process.is_alive():
+                    raise WorkerStartError(f"the worker process exited with code {self._process.exitcode} "
+                                           "before it was ready")
+                if time.monotonic() > deadline:
+                    self.stop(grace_s=5)
+                    raise WorkerStartError(f"the worker process did not load the model within {timeout_s:.0f} s")
+            try:
+                kind, message = parent_end.recv()
+            except EOFError:
+                kind, message = "error", f"the worker process exited with code {self._process.join(5) or self._process.exitcode}"
+        finally:
+            parent_end.close()
+        if kind != "ready":
+            self._process.join(30)
+            raise WorkerStartError(message)
+        logger.info("worker process %d ready (%s)", self._process.pid, message)
+
+    def stop(self, grace_s: float = 120.0) -> None:
+        """Ask the child to stop after its batch in progress; kill it after `grace_s`."""
+        if self._process is None:
+            return
+        self._stop.set()
+        self._process.join(grace_s)
+        if self._process.is_alive():
+            logger.error("worker process %d did not stop within %.0f s: killing it", self._process.pid, grace_s)
+            self._process.kill()
+            self._process.join(10)
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+
+def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, conn: Any, parent_pid: int,
+                log_format: str | None, levels: dict[str, int]) -> None:
+    """Entry point of the child: load the model, then run the worker until told to stop."""
+    logging.basicConfig(format=log_format or "%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    nice = config.worker.nice
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+    from medblip_dicom.integrations.service import load_service_captioner
+    from medblip_dicom.integrations.spool import Spool
+    from medblip_dicom.integrations.worker import Worker
+
+    try:
+        captioner = load_service_captioner(config)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{exc}" if isinstance(exc, MedblipError) else f"{type(exc).__name__}: {exc}"))
+        conn.close()
+        sys.exit(1)
+    cfg = config
+    spool = Spool(cfg.spool.dir, max_bytes=cfg.spool.max_bytes, min_free_bytes=cfg.spool.min_free_bytes)
+    spool.received_event, spool.reported_event = received, reported
+    worker = Worker(spool, captioner, batch_size=cfg.worker.batch_size, max_wait_s=cfg.worker.max_wait_s,
+                    prepare_workers=cfg.worker.prepare_workers, picture=cfg.output.picture)
+    ident = captioner.identity
+    conn.send(("ready", f"pid {os.getpid()}, nice {nice}, model {ident.name} {ident.version}, "
+               f"weights {ident.weights_sha256[:12]}, {captioner.device}"))
+    conn.close()
+    died: list[BaseException] = []
+
+    def run_worker() -> None:
+        try:
+            worker.run(stopping)
+        except BaseException as exc:  # noqa: BLE001 - the parent learns it from the exit code
+            logger.exception("worker died: %s", exc)
+            died.append(exc)
+
+    body = threading.Thread(target=run_worker, name="medblip-worker", daemon=True)
+    body.start()
+    try:
+        while body.is_alive() and not stopping.is_set():
+            if os.getppid() != parent_pid:
+                logger.warning("worker process %d: the service (pid %d) is gone; stopping", os.getpid(), parent_pid)
+                break
+            if stop.wait(0.5):
+                break
+        stopping.set()
+        body.join()
+    finally:
+        spool.close()
+    sys.exit(1 if died else 0)
