@@ -43,6 +43,12 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0x0110
 
+#: How often an association's DUL reactor looks for work when idle (pynetdicom's default: 1 ms).
+#: Each C-STORE waits for this loop at least twice, so on loopback the default capped a bare
+#: pynetdicom listener at ~340 instances/s; at 0.2 ms it reached ~610/s, for ~6% more of one core
+#: per idle open association (bench/node_ingest.py, notes in bench/RESULTS.md).
+DUL_POLL_S = 0.0002
+
 
 def accepted_transfer_syntaxes() -> list[UID]:
     """Every transfer syntax the installed pydicom can decode: uncompressed ones first, then
@@ -163,6 +169,7 @@ class StorageNode:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_OPEN, self._on_connection),
         ]
         self._server = ae.make_server((cfg.host, cfg.port), ssl_context=ssl_context, evt_handlers=handlers,
                                       server_class=_server_class(cfg.acse_timeout_s))
@@ -201,6 +208,12 @@ class StorageNode:
     def handle_echo(self, event: Any) -> int:
         logger.info("C-ECHO from %s", event.assoc.requestor.ae_title)
         return STATUS_SUCCESS
+
+    def _on_connection(self, event: Any) -> None:
+        """A new association: make its reactor answer sooner (pynetdicom has no public setting)."""
+        dul = getattr(event.assoc, "dul", None)
+        if dul is not None and hasattr(dul, "_run_loop_delay"):
+            dul._run_loop_delay = DUL_POLL_S
 
     def _on_rejected(self, event: Any) -> None:
         logger.warning("association from %s (calling AE %s) rejected", event.assoc.requestor.address,

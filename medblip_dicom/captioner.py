@@ -6,14 +6,16 @@ safetensors only (a pickled ``pytorch_model.bin`` is refused). The processor sto
 holds the resize and normalisation used in training, so inference normalises the same way.
 
 Device ``auto`` picks CUDA, then Apple MPS, then the CPU. Dtype ``auto`` picks bfloat16 on a GPU
-that supports it (else float16), float16 on MPS, and on the CPU bfloat16 autocast when the
-processor has native bf16 instructions (AVX512-BF16 or AMX), else float32. Generation is greedy or
-beam search (never sampling), so the same picture gives the same caption on the same machine.
+that supports it (else float16), float16 on MPS, and on the CPU bfloat16 when the processor has
+native bf16 instructions (AVX512-BF16 or AMX), else float32. A reduced precision casts the weights
+themselves, on the CPU too: BLIP-base generated 1.55x faster with bf16 weights than under bf16
+autocast on a 2-core AVX512-BF16 Xeon (batch 8), which re-casts weights on every call. Generation
+is greedy or beam search (never sampling), so the same picture gives the same caption on the same
+machine and precision.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -232,8 +234,8 @@ class Captioner:
 
         identity = _identity(net, source, local if local.is_dir() else None)
         net.eval()
-        if torch_device.type != "cpu":
-            # On accelerators the weights themselves are cast: less memory and no per-op casts.
+        if torch_device.type != "cpu" or torch_dtype != torch.float32:
+            # The weights themselves are cast: half the memory and no per-op casts (see above).
             net.to(device=torch_device, dtype=torch_dtype)
         logger.info(
             "loaded model %s (version %s, sha256 %s…) on %s as %s",
@@ -260,16 +262,8 @@ class Captioner:
         settings = settings or self.settings
         kwargs = settings.generate_kwargs()
         kwargs["suppress_tokens"] = self._suppressed_token_ids
-        pixel_values = pixel_values.to(self.device)
-        if self.device.type != "cpu":
-            pixel_values = pixel_values.to(self.dtype)
-            ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        elif self.dtype != torch.float32:
-            ctx = torch.autocast("cpu", dtype=self.dtype)
-        else:
-            ctx = contextlib.nullcontext()
-        with ctx:
-            out = self.model.generate(pixel_values=pixel_values, **kwargs)
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        out = self.model.generate(pixel_values=pixel_values, **kwargs)
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
 

@@ -116,10 +116,13 @@ class TestGeneration:
         text = captioner.caption(pictures(1), short)[0]
         assert 1 <= len(tok(text, add_special_tokens=False)["input_ids"]) <= 4
 
-    def test_bf16_autocast_on_cpu(self, tiny_model_dir):
+    def test_bf16_weights_on_cpu(self, tiny_model_dir):
         bf16 = Captioner.load(tiny_model_dir, device="cpu", dtype="bfloat16",
                               settings=GenerationSettings(num_beams=1, max_new_tokens=8))
         assert bf16.dtype == torch.bfloat16
+        assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}  # cast, not autocast
+        fp32 = Captioner.load(tiny_model_dir, device="cpu", dtype="float32")
+        assert bf16.identity == fp32.identity  # the digest is of the weights as stored
         out = bf16.caption(pictures(2))
         assert out == bf16.caption(pictures(2)) and all(out)
 
