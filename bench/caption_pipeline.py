@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (forced)")
     parser.add_argument("--baseline-n", type=int, default=None, help="images for (c) (default: same as --n, "
                         "at most 256); its rate is per image, so fewer suffice")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a) and (b); best counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a) and (b); best counts")
     parser.add_argument("--model", type=Path, default=None, help="a base-size model dir (default: build one)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -288,3 +288,30 @@ def test_maximum_associations_is_enforced(tmp_path):
             wait_for(slot_free, 10, "the slot to be free again")
         finally:
             node.stop()
+
+
+def test_associations_poll_their_reactor_at_the_node_setting(tmp_path):
+    """Each accepted association's DUL reactor polls every DUL_POLL_S (pynetdicom's default: 1 ms)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from medblip_dicom.integrations.node import DUL_POLL_S, StorageNode
+    from medblip_dicom.integrations.spool import Spool
+
+    assert DUL_POLL_S < 0.001
+    with Spool(tmp_path / "spool", min_free_bytes=0) as spool:
+        node = StorageNode(spool, node_config(tmp_path).node)
+        node.start()
+        try:
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDBLIP")
+            try:
+                assert assoc.is_established
+                assert assoc.send_c_echo().Status == 0x0000
+                accepted = wait_for(lambda: node._server.active_associations, 10, "the accepted association")
+                assert [a.dul._run_loop_delay for a in accepted] == [DUL_POLL_S]
+            finally:
+                assoc.release()
+        finally:
+            node.stop()
