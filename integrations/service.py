@@ -139,16 +139,23 @@ class Service:
         """True when the worker runs in its own process (not when a loaded captioner was given)."""
         return self._captioner is None and self.config.worker.separate_process
 
-    def start(self) -> None:
-        """Open the spool, start the worker (it loads the model), delivery and producers."""
+    def start(self, cancel: threading.Event | None = None) -> None:
+        """Open the spool, start the worker (it loads the model), delivery and producers.
+
+        `cancel` set while the worker process loads the model stops the start there (nothing is
+        listening yet); :meth:`stop` then cleans up.
+        """
         self._build(in_process=not self.separate_worker)
         assert self.delivery is not None
         if self.worker_process is not None:
             try:
-                self.worker_process.start()
+                started = self.worker_process.start(cancel=cancel)
             except BaseException:
                 self.spool.close()  # type: ignore[union-attr]
                 raise
+            if not started:
+                self._stop.set()
+                return
             self._thread("worker-watch", self._watch_worker_process, self._stop)
         else:
             assert self.worker is not None
@@ -160,27 +167,44 @@ class Service:
             self.node.start()
 
     def _watch_worker_process(self, stop: threading.Event) -> None:
-        """Stop the service when the worker process exits on its own."""
-        assert self.worker_process is not None
+        """Stop the service when the worker process exits on its own (not when we stop it).
+
+        The jobs it was captioning count one attempt each: a job whose decoding kills the process
+        (a codec crash, the kernel's OOM killer) fails after MAX_ATTEMPTS instead of taking the
+        service down at every restart.
+        """
+        from medblip_dicom.integrations.worker import MAX_ATTEMPTS
+
+        process = self.worker_process
+        assert process is not None and self.spool is not None
         while not stop.wait(0.5):
-            if not self.worker_process.is_alive():
-                raise RuntimeError(f"the worker process exited with code {self.worker_process.exitcode}")
+            if process.is_alive() or self._producer_stop.is_set():
+                continue
+            code = process.exitcode
+            if process.pid is not None:
+                self.spool.release_claims_of_dead_process(
+                    process.pid, max_attempts=MAX_ATTEMPTS,
+                    reason=f"the worker process died (exit code {code}) while captioning it, {MAX_ATTEMPTS} times "
+                           "(a decoder crash or out of memory?)")
+            raise RuntimeError(f"the worker process exited with code {code}")
 
     def stop(self) -> None:
         """Stop producers, then worker and delivery (the batch in progress finishes), close the spool."""
         self._producer_stop.set()
-        if self.node is not None:
-            self.node.stop()
-        self._stop.set()
-        if self.worker_process is not None:
-            self.worker_process.stop()
-        for thread in self._threads:
-            thread.join(timeout=120)
-            if thread.is_alive():
-                logger.error("%s did not stop within 120 s", thread.name)
-        self._threads.clear()
-        if self.spool is not None:
-            self.spool.close()
+        try:
+            if self.node is not None:
+                self.node.stop()
+        finally:
+            self._stop.set()
+            if self.worker_process is not None:
+                self.worker_process.stop()
+            for thread in self._threads:
+                thread.join(timeout=120)
+                if thread.is_alive():
+                    logger.error("%s did not stop within 120 s", thread.name)
+            self._threads.clear()
+            if self.spool is not None:
+                self.spool.close()
 
     @property
     def stopped(self) -> threading.Event:
@@ -190,7 +214,7 @@ class Service:
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set (or a thread dies), then stop cleanly."""
         try:
-            self.start()
+            self.start(cancel=stop)
             while not stop.wait(0.5):
                 if self._stop.is_set():
                     break

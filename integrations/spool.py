@@ -757,8 +757,36 @@ class Spool:
                            requeued + unclaimed)
         return requeued + unclaimed
 
+    def release_claims_of_dead_process(self, pid: int, *, max_attempts: int, reason: str) -> int:
+        """A process we watched died (a worker process that crashed): its processing jobs count one
+        attempt each and go back to received, or fail with `reason` once they reach `max_attempts`.
+
+        Unlike a whole service killed from outside, a worker that dies while its service lives
+        points at the jobs it held. Returns how many jobs failed.
+        """
+        rows = [r for r in self._rows("SELECT id, owner, attempts FROM jobs WHERE state=? AND owner LIKE ?",
+                                      (JobState.PROCESSING.value, f"{int(pid)}:%"))]
+        failed: list[int] = []
+        now = time.time()
+        with self._write() as db:
+            for row in rows:
+                attempts = int(row["attempts"]) + 1
+                if attempts >= max_attempts:
+                    failed.append(int(row["id"]))
+                    db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, row["id"]))
+                else:
+                    db.execute("UPDATE jobs SET state=?, owner=NULL, attempts=?, updated_at=? WHERE id=? AND owner=?",
+                               (JobState.RECEIVED.value, attempts, now, row["id"], row["owner"]))
+        for job_id in failed:
+            logger.error("job %d failed: %s", job_id, reason)
+            self.finish(job_id, JobState.FAILED, reason)
+        if len(rows) > len(failed):
+            self.received_event.set()
+        return len(failed)
+
     def _release_dead_claims(self) -> tuple[int, int]:
-        stale = [r for r in self._rows("SELECT id, owner, state FROM jobs WHERE owner IS NOT NULL")
+        stale = [r for r in self._rows("SELECT id, owner, state FROM jobs WHERE state IN (?, ?) AND owner IS NOT NULL",
+                                       (JobState.PROCESSING.value, JobState.REPORTED.value))
                  if not _owner_alive(r["owner"])]
         requeued = unclaimed = 0
         if stale:

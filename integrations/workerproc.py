@@ -8,10 +8,11 @@ priority (``[worker] nice``), on the same spool (SQLite WAL; several processes m
 
 Lifecycle: :meth:`WorkerProcess.start` spawns the child and waits until it has loaded the model;
 a model that cannot be loaded raises :class:`WorkerStartError` with the child's reason, as an
-in-process load would. :meth:`WorkerProcess.stop` asks the child to stop (the batch in progress
-finishes) and waits; SIGTERM/SIGINT sent to the child (systemd stops the whole control group,
-Ctrl-C the whole process group) mean the same. A child whose parent is gone stops by itself, so
-a killed service never leaves a worker behind. The spool's "received" and "reported" events are
+in-process load would, and a stop asked for meanwhile ends the wait at once.
+:meth:`WorkerProcess.stop` asks the child to stop (the batch in progress finishes) and waits. The
+child ignores SIGTERM/SIGINT (systemd signals the whole control group, Ctrl-C the whole process
+group): the service stops it, so a clean stop never looks like a crash. A child whose parent is
+gone stops by itself, so a killed service never leaves a worker behind. The spool's "received" and "reported" events are
 :class:`Doorbell` pipes shared by both processes, so neither side polls to learn that the other
 has work for it. (Not ``multiprocessing.Event``: its ``set()`` waits for every sleeper to wake,
 so a worker killed while waiting would hang the node's C-STORE handler for good.)
@@ -19,6 +20,7 @@ so a worker killed while waiting would hang the node's C-STORE handler for good.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -53,7 +55,11 @@ class Doorbell:
 
     def __init__(self) -> None:
         self._reader, self._writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        self._nonblocking()
+
+    def _nonblocking(self) -> None:
         os.set_blocking(self._writer.fileno(), False)
+        os.set_blocking(self._reader.fileno(), False)  # clear() drains; poll() waits either way
 
     def set(self) -> None:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
@@ -66,20 +72,13 @@ class Doorbell:
         return self._reader.poll(timeout)
 
     def clear(self) -> None:
-        fd = self._reader.fileno()
-        blocking = os.get_blocking(fd)
-        os.set_blocking(fd, False)
-        try:
-            while os.read(fd, 4096):
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._reader.fileno(), 4096):
                 pass
-        except BlockingIOError:
-            pass
-        finally:
-            os.set_blocking(fd, blocking)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        os.set_blocking(self._writer.fileno(), False)
+        self._nonblocking()
 
 
 class WorkerProcess:
@@ -109,8 +108,12 @@ class WorkerProcess:
     def is_alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Spawn the child and wait until its model is loaded; raise WorkerStartError if it is not."""
+    def start(self, timeout_s: float = START_TIMEOUT_S, cancel: threading.Event | None = None) -> bool:
+        """Spawn the child and wait until its model is loaded; raise WorkerStartError if it is not.
+
+        Returns False (the child stopped) when `cancel` is set while the model is loading: a stop
+        asked for during a slow start is honoured at once.
+        """
         parent_end, child_end = self._ctx.Pipe(duplex=False)
         root = logging.getLogger()
         fmt = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
@@ -120,10 +123,16 @@ class WorkerProcess:
             args=(self.config, self._stop, self._received, self._reported, child_end, os.getpid(), fmt, levels),
         )
         self._process.start()
+        atexit.register(self._at_exit)
         child_end.close()
         deadline = time.monotonic() + timeout_s
         try:
             while not parent_end.poll(0.2):
+                if cancel is not None and cancel.is_set():
+                    logger.info("stopped while the worker process was loading the model")
+                    self._process.kill()
+                    self._process.join(10)
+                    return False
                 if not self._process.is_alive():
                     raise WorkerStartError(f"the worker process exited with code {self._process.exitcode} "
                                            "before it was ready")
@@ -140,11 +149,19 @@ class WorkerProcess:
             self._process.join(30)
             raise WorkerStartError(message)
         logger.info("worker process %d ready (%s)", self._process.pid, message)
+        return True
+
+    def _at_exit(self) -> None:
+        """multiprocessing joins a non-daemon child at exit without a timeout: stop it first."""
+        if self.is_alive():
+            self.stop(grace_s=30)
 
     def stop(self, grace_s: float = 120.0) -> None:
         """Ask the child to stop after its batch in progress; kill it after `grace_s`."""
         if self._process is None:
             return
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._at_exit)
         self._stop.set()
         self._process.join(grace_s)
         if self._process.is_alive():
@@ -162,13 +179,12 @@ def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, 
     logging.basicConfig(format=log_format or "%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
-        stopping.set()
-
+    # SIGTERM / SIGINT reach the child too when a whole control group (systemd) or process group
+    # (Ctrl-C) is signalled. The service stops the child itself (doorbell, after the batch in
+    # progress), and a child that stopped on its own first would look like a crash to it.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, signal.SIG_IGN)
+    stopping = threading.Event()
     nice = config.worker.nice
     if nice:
         with contextlib.suppress(OSError):

@@ -212,17 +212,19 @@ def _prepare(source: DicomSource, frame: int | None, captioner: Captioner) -> _P
         t2 = time.perf_counter()
         pixel_values = captioner.preprocess([image])
         t3 = time.perf_counter()
+        # Copying the header converts every remaining value: one that breaks its VR (a 6-byte FD,
+        # say) fails this source here, not the whole batch.
+        header = Dataset()
+        if hasattr(found.dataset, "file_meta"):
+            header.file_meta = found.dataset.file_meta
+        for elem in found.dataset:
+            if elem.tag not in _PIXEL_DATA_TAGS:
+                header.add(elem)
     except MedblipError as exc:
         return CaptionFailure(label, exc)
     except Exception as exc:  # noqa: BLE001 - a library error on one odd source must not stop the others
         return CaptionFailure(label, DicomReadError(
             label, f"cannot be read or decoded ({type(exc).__name__}: {str(exc)[:300]})"))
-    header = Dataset()
-    if hasattr(found.dataset, "file_meta"):
-        header.file_meta = found.dataset.file_meta
-    for elem in found.dataset:
-        if elem.tag not in _PIXEL_DATA_TAGS:
-            header.add(elem)
     return _Prepared(label, header, index, pixel_values,
                      {"read_s": t1 - t0, "pixels_s": t2 - t1, "preprocess_s": t3 - t2})
 
@@ -243,6 +245,9 @@ def _finish(item: _Prepared, caption: str, captioner: Captioner,
         t2 = time.perf_counter()
     except MedblipError as exc:
         return CaptionFailure(item.label, exc)
+    except Exception as exc:  # noqa: BLE001 - an odd source value tripping the SR builder fails this source only
+        return CaptionFailure(item.label, ReportError(
+            f"{item.label}: cannot build its SR ({type(exc).__name__}: {str(exc)[:300]})"))
     timings = dict(item.timings, report_s=t1 - t0, write_s=t2 - t1)
     h = item.header
     return CaptionResult(

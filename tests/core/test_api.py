@@ -135,6 +135,25 @@ class TestCaptionDicoms:
         four = [o.caption for o in caption_dicoms(sources, model=captioner, batch_size=4)]
         assert one == four
 
+    def test_a_value_that_breaks_its_vr_fails_its_source_only(self, captioner, td, tmp_path):
+        """A 6-byte FD parses (the node accepts it) but cannot be converted: that source fails
+        with a reason; the others in its batch are captioned."""
+        import io
+
+        ds = pydicom.dcmread(td("CT_small.dcm"))
+        ds.DiffusionBValue = 1000.0  # (0018,9087) FD
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = bytearray(buf.getvalue())
+        at = data.index(b"\x18\x00\x87\x90FD\x08\x00")
+        data[at + 6:at + 16] = b"\x06\x00" + bytes(data[at + 8:at + 14])  # length 6, value cut to 6 bytes
+        bad = tmp_path / "bad-fd.dcm"
+        bad.write_bytes(bytes(data))
+        sources = [td("MR_small.dcm"), str(bad), td("US1_UNCR.dcm")]
+        outcomes = list(caption_dicoms(sources, model=captioner, batch_size=3, workers=1))
+        assert [o.ok for o in outcomes] == [True, False, True]
+        assert "bad-fd.dcm" in str(outcomes[1].error)
+
     def test_rejects_bad_batch_size(self, captioner):
         with pytest.raises(ValueError, match="batch_size"):
             list(caption_dicoms([], model=captioner, batch_size=0))

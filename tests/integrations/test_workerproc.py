@@ -143,3 +143,60 @@ def test_a_loaded_captioner_or_the_setting_keeps_the_worker_in_process(tmp_path,
 def test_worker_process_settings_are_checked(values, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"model": {"path": "m"}, "output": {"dir": "out"}, "worker": values})
+
+
+def test_signals_to_the_worker_process_do_not_stop_it_the_service_does(tmp_path, tiny_model_dir):
+    """systemd signals the whole control group, Ctrl-C the whole process group: the worker
+    ignores that and stops when the service tells it, so a clean stop is not taken for a crash."""
+    (tmp_path / "inbox").mkdir()
+    service = Service(_config(tmp_path, tiny_model_dir), watch=True)
+    service.start()
+    try:
+        child = service.worker_process
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            os.kill(child.pid, sig)
+        time.sleep(1.5)  # three rounds of the service's watch
+        assert child.is_alive() and not service.stopped.is_set()
+    finally:
+        service.stop()
+    assert child.exitcode == 0 and service.error is None
+
+
+def test_a_stop_during_model_loading_ends_the_start_at_once(tmp_path, tiny_model_dir):
+    import threading
+
+    (tmp_path / "inbox").mkdir()
+    service = Service(_config(tmp_path, tiny_model_dir), watch=True)
+    cancel = threading.Event()
+    cancel.set()
+    started = time.monotonic()
+    service.start(cancel=cancel)
+    try:
+        assert time.monotonic() - started < 10
+        assert service.stopped.is_set() and service.watcher is not None
+        assert not service.worker_process.is_alive()
+    finally:
+        service.stop()
+    assert service.error is None
+
+
+def test_jobs_of_a_crashed_worker_process_count_attempts_then_fail(tmp_path, td):
+    """A job whose captioning kills the worker process must not take the service down forever."""
+    root = tmp_path / "spool"
+    with Spool(root, min_free_bytes=0) as spool:
+        path = reissued(td, "CT_small.dcm", tmp_path / "staging")
+        job = spool.add_file(path, origin="node", name=path.name).job_id
+
+        def held_by_dead_worker() -> None:
+            with spool._write() as db:  # as a worker process (pid 999999999, gone) would hold it
+                db.execute("UPDATE jobs SET state='processing', owner='999999999:abcdefabcdef' WHERE id=?", (job,))
+
+        held_by_dead_worker()
+        assert spool.release_claims_of_dead_process(999999999, max_attempts=2, reason="died") == 0
+        first = spool.job(job)
+        assert (first.state, first.attempts, first.owner) == (JobState.RECEIVED, 1, None)
+        held_by_dead_worker()
+        assert spool.release_claims_of_dead_process(999999999, max_attempts=2, reason="the worker died") == 1
+        last = spool.job(job)
+        assert (last.state, last.reason) == (JobState.FAILED, "the worker died")
+        assert len(list((root / "failed").glob("*.reason.txt"))) == 1  # the input is kept, with its reason
