@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 from pydicom.dataset import Dataset
@@ -32,6 +32,9 @@ from medblip_dicom.report import build_report, write_report
 ModelSpec = Union[str, "os.PathLike[str]", Captioner]
 
 _PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+if TYPE_CHECKING:
+    from medblip_dicom.cpupool import CpuPool
 
 
 @dataclass(frozen=True)
@@ -135,16 +138,23 @@ def caption_dicoms(
     dtype: str = "auto",
     generation: GenerationSettings | None = None,
     workers: int | None = None,
+    pool: CpuPool | None = None,
 ) -> Iterator[CaptionResult | CaptionFailure]:
     """Caption many sources with batched model calls; yield one outcome per source, in order.
 
     A bad source yields a :class:`CaptionFailure` and never stops the others. `workers` threads
     (default: CPU count - 1, between 1 and 4; 0 = prepare in the calling thread) read and preprocess
-    ahead of the model, at most two batches ahead.
+    ahead of the model, at most two batches ahead. With a :class:`~medblip_dicom.cpupool.CpuPool`
+    (made for this captioner), its processes prepare the sources and build and write the SRs
+    instead (`workers` is then ignored): for a model faster than one CPU core, e.g. on a GPU.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     captioner = load_captioner(model, device=device, dtype=dtype)
+    if pool is not None:
+        yield from pool.caption(sources, captioner, frame=frame, batch_size=batch_size, generation=generation,
+                                output_dir=output_dir)
+        return
     if workers is None:
         # one core stays with the model: prepare threads on every core slow the model down more
         # (oversubscription) than they help

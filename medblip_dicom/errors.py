@@ -20,6 +20,11 @@ class DicomReadError(MedblipError):
         self.reason = reason
         super().__init__(f"{source}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Exceptions pickle their message as the one argument; this one takes two. Needed to
+        # cross a process boundary (medblip_dicom.cpupool).
+        return (type(self), (self.source, self.reason))
+
 
 class NotDicomError(DicomReadError):
     """The source is not a DICOM file at all (or is truncated before its first element)."""
