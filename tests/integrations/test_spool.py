@@ -112,15 +112,23 @@ def test_byte_limit_and_free_space_floor_refuse_new_work(tmp_path, td):
         assert spool.jobs() == []
 
 
+#: A process that opens the spool given as argv[1], claims both jobs, says so and kills itself.
+_CLAIM_THEN_DIE = ("import os, signal, sys; from medblip_dicom.integrations.spool import Spool; "
+                   "s = Spool(sys.argv[1], min_free_bytes=0); assert len(s.claim(5)) == 2; "
+                   "print('claimed', flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+
+
+def _spool_with_two_jobs(root: Path, td) -> Spool:
+    spool = Spool(root, min_free_bytes=0)
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        spool.add_file(td(name), origin="test", name=name)
+    return spool
+
+
 def test_processing_jobs_of_a_killed_process_are_requeued(tmp_path, td):
     root = tmp_path / "spool"
-    with Spool(root, min_free_bytes=0) as spool:
-        for name in ("CT_small.dcm", "MR_small.dcm"):
-            spool.add_file(td(name), origin="test", name=name)
-    code = ("import os, signal, sys; from medblip_dicom.integrations.spool import Spool; "
-            "s = Spool(sys.argv[1], min_free_bytes=0); assert len(s.claim(5)) == 2; "
-            "os.kill(os.getpid(), signal.SIGKILL)")
-    proc = subprocess.run([sys.executable, "-c", code, str(root)], timeout=60)
+    _spool_with_two_jobs(root, td).close()
+    proc = subprocess.run([sys.executable, "-c", _CLAIM_THEN_DIE, str(root)], timeout=60, stdout=subprocess.DEVNULL)
     assert proc.returncode == -signal.SIGKILL
     with Spool(root, min_free_bytes=0) as spool:
         assert spool.count(JobState.PROCESSING) == 2
@@ -135,13 +143,8 @@ def test_claims_of_an_unreaped_killed_process_are_released_while_running(tmp_pat
     from medblip_dicom.fileio import pid_alive
 
     root = tmp_path / "spool"
-    with Spool(root, min_free_bytes=0) as spool:
-        for name in ("CT_small.dcm", "MR_small.dcm"):
-            spool.add_file(td(name), origin="test", name=name)
-        code = ("import os, signal, sys; from medblip_dicom.integrations.spool import Spool; "
-                "s = Spool(sys.argv[1], min_free_bytes=0); assert len(s.claim(5)) == 2; "
-                "print('claimed', flush=True); os.kill(os.getpid(), signal.SIGKILL)")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE)
+    with _spool_with_two_jobs(root, td) as spool:
+        proc = subprocess.Popen([sys.executable, "-c", _CLAIM_THEN_DIE, str(root)], stdout=subprocess.PIPE)
         try:
             assert proc.stdout.readline() == b"claimed\n"
             deadline = time.monotonic() + 30
