@@ -45,6 +45,21 @@ def load_service_captioner(config: ServiceConfig) -> Captioner:
     return Captioner.load(m.path, device=m.device, dtype=m.dtype, settings=settings)
 
 
+def open_service_spool(config: ServiceConfig) -> Spool:
+    """The configured spool (the service and its worker process open it the same way)."""
+    s = config.spool
+    return Spool(s.dir, max_bytes=s.max_bytes, min_free_bytes=s.min_free_bytes)
+
+
+def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> Worker:
+    """The configured worker (in the service's process or in its worker process)."""
+    from medblip_dicom.integrations.worker import Worker
+
+    w = config.worker
+    return Worker(spool, captioner, batch_size=w.batch_size, max_wait_s=w.max_wait_s,
+                  prepare_workers=w.prepare_workers, picture=config.output.picture)
+
+
 @dataclass(frozen=True)
 class OnceResult:
     """What ``--once`` did."""
@@ -87,18 +102,14 @@ class Service:
         cfg = self.config
         if in_process and self._captioner is None:
             self._captioner = load_service_captioner(cfg)
-        self.spool = Spool(cfg.spool.dir, max_bytes=cfg.spool.max_bytes, min_free_bytes=cfg.spool.min_free_bytes)
+        self.spool = open_service_spool(cfg)
         recovered = self.spool.recover()
         summary = self.spool.summary()
         logger.info("spool %s: %d pending, %d done, %d failed%s", self.spool.root, summary.queue_depth, summary.done,
                     summary.failed, " (after recovery)" if any(recovered.values()) else "")
         if in_process:
-            from medblip_dicom.integrations.worker import Worker
-
             assert self._captioner is not None
-            self.worker = Worker(self.spool, self._captioner, batch_size=cfg.worker.batch_size,
-                                 max_wait_s=cfg.worker.max_wait_s, prepare_workers=cfg.worker.prepare_workers,
-                                 picture=cfg.output.picture)
+            self.worker = build_worker(self.spool, self._captioner, cfg)
         else:
             # Process-shared events: each side wakes the other without polling.
             self.spool.received_event, self.spool.reported_event = WorkerProcess.shared_events()

@@ -764,8 +764,8 @@ class Spool:
         Unlike a whole service killed from outside, a worker that dies while its service lives
         points at the jobs it held. Returns how many jobs failed.
         """
-        rows = [r for r in self._rows("SELECT id, owner, attempts FROM jobs WHERE state=? AND owner LIKE ?",
-                                      (JobState.PROCESSING.value, f"{int(pid)}:%"))]
+        rows = self._rows("SELECT id, owner, attempts FROM jobs WHERE state=? AND owner LIKE ?",
+                          (JobState.PROCESSING.value, f"{int(pid)}:%"))
         failed: list[int] = []
         now = time.time()
         with self._write() as db:

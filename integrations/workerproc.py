@@ -12,9 +12,9 @@ in-process load would, and a stop asked for meanwhile ends the wait at once.
 :meth:`WorkerProcess.stop` asks the child to stop (the batch in progress finishes) and waits. The
 child ignores SIGTERM/SIGINT (systemd signals the whole control group, Ctrl-C the whole process
 group): the service stops it, so a clean stop never looks like a crash. A child whose parent is
-gone stops by itself, so a killed service never leaves a worker behind. The spool's "received" and "reported" events are
-:class:`Doorbell` pipes shared by both processes, so neither side polls to learn that the other
-has work for it. (Not ``multiprocessing.Event``: its ``set()`` waits for every sleeper to wake,
+gone stops by itself, so a killed service never leaves a worker behind. The spool's "received"
+and "reported" events are :class:`Doorbell` pipes shared by both processes, so neither side polls
+to learn that the other has work for it. (Not ``multiprocessing.Event``: its ``set()`` waits for every sleeper to wake,
 so a worker killed while waiting would hang the node's C-STORE handler for good.)
 """
 
@@ -142,7 +142,8 @@ class WorkerProcess:
             try:
                 kind, message = parent_end.recv()
             except EOFError:
-                kind, message = "error", f"the worker process exited with code {self._process.join(5) or self._process.exitcode}"
+                self._process.join(5)
+                kind, message = "error", f"the worker process exited with code {self._process.exitcode}"
         finally:
             parent_end.close()
         if kind != "ready":
@@ -190,9 +191,7 @@ def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, 
         with contextlib.suppress(OSError):
             os.nice(nice)
 
-    from medblip_dicom.integrations.service import load_service_captioner
-    from medblip_dicom.integrations.spool import Spool
-    from medblip_dicom.integrations.worker import Worker
+    from medblip_dicom.integrations.service import build_worker, load_service_captioner, open_service_spool
 
     try:
         captioner = load_service_captioner(config)
@@ -200,11 +199,9 @@ def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, 
         conn.send(("error", f"{exc}" if isinstance(exc, MedblipError) else f"{type(exc).__name__}: {exc}"))
         conn.close()
         sys.exit(1)
-    cfg = config
-    spool = Spool(cfg.spool.dir, max_bytes=cfg.spool.max_bytes, min_free_bytes=cfg.spool.min_free_bytes)
+    spool = open_service_spool(config)
     spool.received_event, spool.reported_event = received, reported
-    worker = Worker(spool, captioner, batch_size=cfg.worker.batch_size, max_wait_s=cfg.worker.max_wait_s,
-                    prepare_workers=cfg.worker.prepare_workers, picture=cfg.output.picture)
+    worker = build_worker(spool, captioner, config)
     ident = captioner.identity
     conn.send(("ready", f"pid {os.getpid()}, nice {nice}, model {ident.name} {ident.version}, "
                f"weights {ident.weights_sha256[:12]}, {captioner.device}"))
