@@ -40,10 +40,11 @@ from pydicom.uid import generate_uid
 from benchlib import RESULTS, record
 
 from medblip_dicom.api import caption_dicoms
-from medblip_dicom.captioner import Captioner, GenerationSettings
+from medblip_dicom.captioner import Captioner
 from medblip_dicom.cpupool import CpuPool
-from medblip_dicom.demo_model import build_blip_model
+from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.pixels import dataset_to_image
+from medblip_dicom.training.demo_model import build_blip_model
 
 SOURCES = ("RG1_UNCI.dcm", "CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "RG3_J2KR.dcm", "JPEG2000.dcm",
            "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm")
@@ -102,8 +103,8 @@ class InstantCaptioner(Captioner):
 
 
 def run_cpu_side(captioner: Captioner, files: list[Path], batch: int, out: Path, pool: CpuPool | None = None) -> float:
-    instant = InstantCaptioner(captioner.model, captioner.processor, captioner.identity, captioner.device,
-                               captioner.dtype, captioner.settings)
+    instant = InstantCaptioner(captioner.model, captioner.processor, captioner.device, captioner.dtype,
+                               captioner.settings, identity=captioner.identity)
     started = time.perf_counter()
     outcomes = list(caption_dicoms([str(f) for f in files], model=instant, output_dir=out, batch_size=batch,
                                    pool=pool))

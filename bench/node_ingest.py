@@ -30,7 +30,7 @@ from benchlib import RESULTS, record
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from medblip_dicom.doctor import find_system_tool
+from medblip_dicom.systemtools import find_system_tool
 
 
 def make_inputs(folder: Path, n: int) -> None:
@@ -109,7 +109,7 @@ def run_bare_listener(inputs: Path, work: Path, *, spool_only: bool) -> float:
 
 
 def run_node(inputs: Path, work: Path, n: int) -> tuple[float, list[float]]:
-    from medblip_dicom.demo_model import build_blip_model
+    from medblip_dicom.training.demo_model import build_blip_model
     from medblip_dicom.integrations.config import config_from_dict
     from medblip_dicom.integrations.service import Service
     from medblip_dicom.integrations.spool import JobState

@@ -43,7 +43,7 @@ def make_data(folder: Path, n: int, image_size: int) -> Path:
     """n synthetic pictures paired with real ROCO captions, as a CSV manifest."""
     from PIL import Image
 
-    from medblip_dicom.demo_model import roco_captions
+    from medblip_dicom.training.demo_model import roco_captions
     from medblip_dicom.training.synthetic import make_sample
 
     rng = random.Random(0)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(result))
         return 0
 
-    from medblip_dicom.demo_model import build_blip_model
+    from medblip_dicom.training.demo_model import build_blip_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -5,79 +5,14 @@ Every section is a frozen dataclass whose ``__post_init__`` checks its values an
 reads a file (or nothing), lays command-line overrides on top and builds a :class:`ServiceConfig`.
 Unknown keys are errors, so a typo never silently falls back to a default.
 
-A complete file (every key is optional; these are the defaults unless marked)::
-
-    [model]
-    path = "/models/blip-roco"        # required here or as --model
-    device = "auto"                   # auto | cpu | cuda | cuda:N | mps
-    dtype = "auto"                    # auto | float32 | bfloat16 | float16
-    num_beams = 3
-    max_new_tokens = 60
-    min_new_tokens = 5
-    no_repeat_ngram_size = 3
-
-    [worker]
-    batch_size = 8                    # images per model call
-    max_wait_s = 1.0                  # a partial batch waits at most this long for more work
-    prepare_workers = 2               # threads that read and decode ahead of the model
-    separate_process = true           # caption in a child process: ingest never waits for the model
-    nice = 10                         # CPU priority of that process (0 = same as the service)
-
-    [spool]
-    dir = "medblip-spool"             # local disk: SQLite WAL does not work on network shares
-    max_bytes = 0                     # 0 = no limit on the bytes of pending inputs
-    min_free_bytes = 268435456        # refuse new work when the disk would drop below this
-
-    [output]
-    dir = "/data/medblip-sr"          # folder sink (optional for the node)
-    picture = false                   # also write a Secondary Capture picture with the caption
-    study_quiet_s = 0.0               # hold a study's reports until it was quiet this long
-
-    [watch]
-    inbox = "/data/inbox"
-    poll = false                      # polling observer, for network shares
-    poll_interval_s = 1.0
-    settle_s = 2.0                    # size and mtime must stay unchanged this long
-    rescan_interval_s = 60.0          # full rescan as a safety net (0 = off)
-    done_dir = ""                     # default INBOX/done
-    failed_dir = ""                   # default INBOX/failed
-    ignore = [".DS_Store", "Thumbs.db", "desktop.ini", ".*", "~*", "*.tmp", "*.part",
-              "*.partial", "*.crdownload", "*.swp"]
-
-    [node]
-    ae_title = "MEDBLIP"
-    host = "127.0.0.1"                # loopback unless told otherwise
-    port = 11112
-    allowed_calling_aets = []         # empty = any calling AE title
-    max_associations = 10
-    acse_timeout_s = 30.0
-    dimse_timeout_s = 30.0
-    network_timeout_s = 60.0
-    max_pdu = 16382                   # 0 = unlimited
-    keep_inputs = false               # keep delivered inputs in SPOOL/done instead of deleting
-
-    [node.tls]                        # TLS is on when cert and key are set
-    cert = "/etc/medblip/node.pem"
-    key = "/etc/medblip/node.key"
-    client_ca = ""                    # set: callers must present a certificate signed by it
-
-    [forward]
-    destination = "PACS@10.0.0.5:104" # AET@HOST:PORT (optional)
-    calling_ae_title = "MEDBLIP"
-    retry_initial_s = 2.0
-    retry_max_s = 300.0
-    timeout_s = 30.0
-
-    [forward.tls]                     # optional
-    ca = "/etc/medblip/pacs-ca.pem"   # verify the destination's certificate
-    cert = ""                         # client certificate, if the destination asks for one
-    key = ""
+The README's "Deployment" section holds the complete reference: every section and key with its
+default, tested against these dataclasses (``tests/integrations/test_config.py``), so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
 import re
 import tomllib
@@ -86,48 +21,25 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medblip_dicom.errors import MedblipError
+from medblip_dicom.generation import GenerationSettings
 
-DEFAULT_SPOOL_DIR = "medblip-spool"
+from medblip_dicom.integrations.config_checks import (
+    ConfigError, check_ae_title, check_int, check_positive, fail, optional_path,
+)
+
+
+def default_spool_dir() -> Path:
+    """The platform's state directory: ``$XDG_STATE_HOME/medblip/spool``, else
+    ``~/.local/state/medblip/spool`` (never the working directory)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "medblip" / "spool"
+
+
 DEFAULT_IGNORE = (".DS_Store", "Thumbs.db", "desktop.ini", ".*", "~*", "*.tmp", "*.part", "*.partial",
                   "*.crdownload", "*.swp")
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash, 1..16
-
-
-class ConfigError(MedblipError):
-    """The configuration file or a flag holds a value that cannot work; the message names the key."""
-
-
-def _fail(section: str, key: str, message: str) -> None:
-    raise ConfigError(f"[{section}] {key}: {message}")
-
-
-def _check_ae_title(section: str, key: str, value: str) -> None:
-    if not isinstance(value, str) or not value.strip() or not _AE_TITLE.match(value):
-        _fail(section, key, f"{value!r} is not a DICOM AE title (1 to 16 printable ASCII characters, no backslash)")
-
-
-def _check_positive(section: str, key: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(section, key, f"must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        _fail(section, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def _check_int(section: str, key: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(section, key, f"must be a whole number >= {minimum}, got {value!r}")
-
-
-def _opt_path(value: str | os.PathLike[str] | None) -> Path | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return Path(value).expanduser()
-
-
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which model captions, where, and how it generates."""
+    """Which model captions, where, and how it generates (checked by :class:`GenerationSettings`)."""
 
     path: str = ""
     device: str = "auto"
@@ -139,15 +51,19 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            _fail("model", "dtype", f"{self.dtype!r}: use auto, float32, bfloat16 or float16")
+            fail("model", "dtype", f"{self.dtype!r}: use auto, float32, bfloat16 or float16")
         if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", str(self.device)):
-            _fail("model", "device", f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
-        _check_int("model", "num_beams", self.num_beams, 1)
-        _check_int("model", "max_new_tokens", self.max_new_tokens, 1)
-        _check_int("model", "min_new_tokens", self.min_new_tokens, 0)
-        if self.min_new_tokens > self.max_new_tokens:
-            _fail("model", "min_new_tokens", f"{self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
-        _check_int("model", "no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+            fail("model", "device", f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        try:
+            self.generation  # noqa: B018 - built once here to check the values
+        except ValueError as exc:
+            raise ConfigError(f"[model] {exc}") from None
+
+    @property
+    def generation(self) -> GenerationSettings:
+        """The generation settings these values describe."""
+        return GenerationSettings(num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
+                                  min_new_tokens=self.min_new_tokens, no_repeat_ngram_size=self.no_repeat_ngram_size)
 
 
 @dataclass(frozen=True)
@@ -166,12 +82,12 @@ class WorkerConfig:
     nice: int = 10
 
     def __post_init__(self) -> None:
-        _check_int("worker", "batch_size", self.batch_size, 1)
-        _check_positive("worker", "max_wait_s", self.max_wait_s, allow_zero=True)
-        _check_int("worker", "prepare_workers", self.prepare_workers, 0)
+        check_int("worker", "batch_size", self.batch_size, 1)
+        check_positive("worker", "max_wait_s", self.max_wait_s, allow_zero=True)
+        check_int("worker", "prepare_workers", self.prepare_workers, 0)
         if not isinstance(self.separate_process, bool):
             raise ConfigError(f"[worker] separate_process must be true or false, got {self.separate_process!r}")
-        _check_int("worker", "nice", self.nice, 0)
+        check_int("worker", "nice", self.nice, 0)
         if self.nice > 19:
             raise ConfigError(f"[worker] nice must be 0 to 19, got {self.nice}")
 
@@ -180,14 +96,14 @@ class WorkerConfig:
 class SpoolConfig:
     """Where the spool lives and how much it may hold before it refuses new work."""
 
-    dir: Path = Path(DEFAULT_SPOOL_DIR)
+    dir: Path = field(default_factory=default_spool_dir)
     max_bytes: int = 0
     min_free_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", Path(self.dir).expanduser())
-        _check_int("spool", "max_bytes", self.max_bytes, 0)
-        _check_int("spool", "min_free_bytes", self.min_free_bytes, 0)
+        check_int("spool", "max_bytes", self.max_bytes, 0)
+        check_int("spool", "min_free_bytes", self.min_free_bytes, 0)
 
 
 @dataclass(frozen=True)
@@ -199,10 +115,10 @@ class OutputConfig:
     study_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", _opt_path(self.dir))
+        object.__setattr__(self, "dir", optional_path(self.dir))
         if not isinstance(self.picture, bool):
-            _fail("output", "picture", f"must be true or false, got {self.picture!r}")
-        _check_positive("output", "study_quiet_s", self.study_quiet_s, allow_zero=True)
+            fail("output", "picture", f"must be true or false, got {self.picture!r}")
+        check_positive("output", "study_quiet_s", self.study_quiet_s, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -219,17 +135,17 @@ class WatchConfig:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inbox", _opt_path(self.inbox))
-        object.__setattr__(self, "done_dir", _opt_path(self.done_dir))
-        object.__setattr__(self, "failed_dir", _opt_path(self.failed_dir))
+        object.__setattr__(self, "inbox", optional_path(self.inbox))
+        object.__setattr__(self, "done_dir", optional_path(self.done_dir))
+        object.__setattr__(self, "failed_dir", optional_path(self.failed_dir))
         if isinstance(self.ignore, str) or not all(isinstance(p, str) and p for p in self.ignore):
-            _fail("watch", "ignore", f"must be a list of file name patterns, got {self.ignore!r}")
+            fail("watch", "ignore", f"must be a list of file name patterns, got {self.ignore!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
         if not isinstance(self.poll, bool):
-            _fail("watch", "poll", f"must be true or false, got {self.poll!r}")
-        _check_positive("watch", "poll_interval_s", self.poll_interval_s)
-        _check_positive("watch", "settle_s", self.settle_s, allow_zero=True)
-        _check_positive("watch", "rescan_interval_s", self.rescan_interval_s, allow_zero=True)
+            fail("watch", "poll", f"must be true or false, got {self.poll!r}")
+        check_positive("watch", "poll_interval_s", self.poll_interval_s)
+        check_positive("watch", "settle_s", self.settle_s, allow_zero=True)
+        check_positive("watch", "rescan_interval_s", self.rescan_interval_s, allow_zero=True)
 
     def resolved_done_dir(self) -> Path:
         """Where finished inputs go (default ``INBOX/done``)."""
@@ -256,11 +172,11 @@ class NodeTLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("cert", "key", "client_ca"):
-            object.__setattr__(self, name, _opt_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path(getattr(self, name)))
         if (self.cert is None) != (self.key is None):
-            _fail("node.tls", "cert/key", "set both the certificate and its private key, or neither")
+            fail("node.tls", "cert/key", "set both the certificate and its private key, or neither")
         if self.client_ca is not None and self.cert is None:
-            _fail("node.tls", "client_ca", "client certificates need TLS: set cert and key too")
+            fail("node.tls", "client_ca", "client certificates need TLS: set cert and key too")
 
     @property
     def enabled(self) -> bool:
@@ -284,23 +200,23 @@ class NodeConfig:
     tls: NodeTLSConfig = field(default_factory=NodeTLSConfig)
 
     def __post_init__(self) -> None:
-        _check_ae_title("node", "ae_title", self.ae_title)
+        check_ae_title("node", "ae_title", self.ae_title)
         if isinstance(self.allowed_calling_aets, str):
-            _fail("node", "allowed_calling_aets", "must be a list of AE titles")
+            fail("node", "allowed_calling_aets", "must be a list of AE titles")
         for aet in self.allowed_calling_aets:
-            _check_ae_title("node", "allowed_calling_aets", aet)
+            check_ae_title("node", "allowed_calling_aets", aet)
         object.__setattr__(self, "allowed_calling_aets", tuple(self.allowed_calling_aets))
         if not isinstance(self.host, str) or not self.host:
-            _fail("node", "host", f"must be an address to bind to, got {self.host!r}")
-        _check_int("node", "port", self.port, 0)
+            fail("node", "host", f"must be an address to bind to, got {self.host!r}")
+        check_int("node", "port", self.port, 0)
         if self.port > 65535:
-            _fail("node", "port", f"must be 0..65535, got {self.port}")
-        _check_int("node", "max_associations", self.max_associations, 1)
+            fail("node", "port", f"must be 0..65535, got {self.port}")
+        check_int("node", "max_associations", self.max_associations, 1)
         for key in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
-            _check_positive("node", key, getattr(self, key))
-        _check_int("node", "max_pdu", self.max_pdu, 0)
+            check_positive("node", key, getattr(self, key))
+        check_int("node", "max_pdu", self.max_pdu, 0)
         if 0 < self.max_pdu < 4096:
-            _fail("node", "max_pdu", f"must be 0 (unlimited) or at least 4096, got {self.max_pdu}")
+            fail("node", "max_pdu", f"must be 0 (unlimited) or at least 4096, got {self.max_pdu}")
         if isinstance(self.tls, Mapping):
             object.__setattr__(self, "tls", _build(NodeTLSConfig, self.tls, "node.tls"))
 
@@ -323,9 +239,9 @@ class Destination:
         return cls(match.group(1), host, int(match.group(3)))
 
     def __post_init__(self) -> None:
-        _check_ae_title("forward", "destination", self.ae_title)
+        check_ae_title("forward", "destination", self.ae_title)
         if not 0 < self.port <= 65535:
-            _fail("forward", "destination", f"port must be 1..65535, got {self.port}")
+            fail("forward", "destination", f"port must be 1..65535, got {self.port}")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -342,9 +258,9 @@ class ForwardTLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("ca", "cert", "key"):
-            object.__setattr__(self, name, _opt_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path(getattr(self, name)))
         if (self.cert is None) != (self.key is None):
-            _fail("forward.tls", "cert/key", "set both the client certificate and its key, or neither")
+            fail("forward.tls", "cert/key", "set both the client certificate and its key, or neither")
 
     @property
     def enabled(self) -> bool:
@@ -366,12 +282,12 @@ class ForwardConfig:
         if isinstance(self.destination, str):
             object.__setattr__(self, "destination",
                                Destination.parse(self.destination) if self.destination.strip() else None)
-        _check_ae_title("forward", "calling_ae_title", self.calling_ae_title)
-        _check_positive("forward", "retry_initial_s", self.retry_initial_s)
-        _check_positive("forward", "retry_max_s", self.retry_max_s)
+        check_ae_title("forward", "calling_ae_title", self.calling_ae_title)
+        check_positive("forward", "retry_initial_s", self.retry_initial_s)
+        check_positive("forward", "retry_max_s", self.retry_max_s)
         if self.retry_max_s < self.retry_initial_s:
-            _fail("forward", "retry_max_s", f"{self.retry_max_s} is less than retry_initial_s {self.retry_initial_s}")
-        _check_positive("forward", "timeout_s", self.timeout_s)
+            fail("forward", "retry_max_s", f"{self.retry_max_s} is less than retry_initial_s {self.retry_initial_s}")
+        check_positive("forward", "timeout_s", self.timeout_s)
         if isinstance(self.tls, Mapping):
             object.__setattr__(self, "tls", _build(ForwardTLSConfig, self.tls, "forward.tls"))
 

@@ -17,8 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from medblip_dicom.integrations.forward import DestinationUnavailable, ForwardClient
 from medblip_dicom.fileio import atomic_copy, remove_stale_temp_files
+
+from medblip_dicom.integrations.forward import DestinationUnavailable, ForwardClient
 from medblip_dicom.integrations.spool import Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Delivery:
             for i, group in enumerate(groups):
                 rest = [j.id for g in groups[i:] for j in g]
                 if stop.is_set():
-                    self.spool.unclaim(rest)
+                    self.spool.release(rest)
                     break
                 if not self.deliver(group):
                     # The destination is down: the other groups of this round wait with it.
@@ -119,10 +120,10 @@ class Delivery:
             waiting = [o for o in results if not o.delivered and not o.permanent]
             if refused:
                 first = refused[0]
-                reason = (f"DestinationRejected: {self.forward.destination} refused {first.path.name} "
-                          f"with status {first.message}")
-                logger.error("job %d: failed, %s", job.id, reason)
-                self.spool.finish(job.id, JobState.FAILED, reason, dicom_status=first.status)
+                reason = f"{self.forward.destination} refused {first.path.name} with status {first.message}"
+                logger.error("job %d: failed, DestinationRejected: %s", job.id, reason)
+                self.spool.finish(job.id, JobState.FAILED, reason, error_class="DestinationRejected",
+                                  dicom_status=first.status)
             elif waiting:
                 delay = self.spool.defer_delivery([job.id], f"destination answered {waiting[0].message}",
                                                   initial_s=self.retry_initial_s, max_s=self.retry_max_s)

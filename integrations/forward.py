@@ -2,8 +2,8 @@
 
 One association carries a group of files (a study's reports). TCP_NODELAY is set on the
 association's socket: C-STORE requests and responses are small messages and Nagle's algorithm,
-meeting the peer's delayed ACKs, otherwise adds tens of milliseconds to each of them (see
-``bench/forward_nodelay.py``).
+meeting the peer's delayed ACKs, otherwise adds tens of milliseconds to each of them
+(``bench/integrations_throughput.py`` measures both).
 
 Each file's outcome is one of: delivered (success or a warning status), *transient* (out of
 resources, processing failure, no answer: try again later) or *permanent* (the destination
@@ -26,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
 from medblip_dicom.errors import MedblipError
 
+from medblip_dicom.integrations import pynetdicom_compat
 from medblip_dicom.integrations.config import Destination, ForwardTLSConfig
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,6 @@ def status_meaning(status: int) -> tuple[bool, bool, str]:
     return False, True, f"0x{status:04X} {words}"
 
 
-def _nodelay(sock: socket.socket | None) -> None:
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def client_ssl_context(tls: ForwardTLSConfig) -> ssl.SSLContext:
     """TLS towards the destination: verify it with `tls.ca`, present `tls.cert` if set."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
@@ -104,20 +100,8 @@ class ForwardClient:
             self._tls_args = (client_ssl_context(tls), destination.host)
 
     def _ae(self, raw_sockets: list[socket.socket] | None = None):  # noqa: ANN202 - pynetdicom is imported lazily
-        from pynetdicom import AE
-
-        nodelay = self.nodelay
-
-        class _NoDelayAE(AE):
-            def _create_socket(self, assoc, address, tls_args):  # noqa: ANN001, ANN202
-                sock = super()._create_socket(assoc, address, tls_args)
-                if nodelay:
-                    _nodelay(sock.socket)
-                if raw_sockets is not None and sock.socket is not None:
-                    raw_sockets.append(sock.socket)
-                return sock
-
-        ae = _NoDelayAE(ae_title=self.calling_ae_title)
+        pynetdicom_compat.check()
+        ae = pynetdicom_compat.nodelay_ae(self.calling_ae_title, nodelay=self.nodelay, sockets=raw_sockets)
         for sop_class in self.sop_classes:
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.acse_timeout = self.timeout_s

@@ -10,7 +10,7 @@ Statuses: 0x0000 once the instance is on disk (also for a duplicate, which is re
 skipped); 0xA700 *out of resources* when the spool is full or cannot write; 0xC210 *cannot
 understand* when the data set cannot be parsed (truncated, an unknown VR, a broken sequence at
 any depth: :func:`~medblip_dicom.reading.check_parsable`), or is deflated and would inflate beyond
-:data:`~medblip_dicom.reading.MAX_INFLATED_BYTES`. Values are not all converted here (that was
+:data:`~medblip_dicom.dicomfile.MAX_INFLATED_BYTES`. Values are not all converted here (that was
 most of a C-STORE's cost); one that breaks its VR fails the instance's job later, with a reason.
 
 Security: listens on 127.0.0.1 unless told otherwise; an optional calling-AE allow-list; optional
@@ -20,9 +20,7 @@ in the association's own thread with a timeout, so a silent client cannot stall 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -31,8 +29,10 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 
-from medblip_dicom.reading import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, check_parsable, inflates_beyond
+from medblip_dicom.dicomfile import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, inflates_beyond
+from medblip_dicom.reading import check_parsable
 
+from medblip_dicom.integrations import pynetdicom_compat
 from medblip_dicom.integrations.config import NodeConfig, NodeTLSConfig
 from medblip_dicom.integrations.spool import InstanceInfo, Spool, SpoolFullError
 
@@ -44,9 +44,9 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0x0110
 
 #: How often an association's DUL reactor looks for work when idle (pynetdicom's default: 1 ms).
-#: Each C-STORE waits for this loop at least twice, so on loopback the default capped a bare
-#: pynetdicom listener at ~340 instances/s; at 0.2 ms it reached ~610/s, for ~6% more of one core
-#: per idle open association (bench/node_ingest.py, notes in bench/RESULTS.md).
+#: Each C-STORE waits for this loop at least twice, so the default caps a loopback listener's rate;
+#: 0.2 ms costs a few per cent of one core per idle open association (bench/node_ingest.py measures
+#: both; figures in bench/RESULTS.md and the README).
 DUL_POLL_S = 0.0002
 
 
@@ -89,37 +89,6 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
-def _server_class(handshake_timeout_s: float) -> type:
-    """A ThreadedAssociationServer that sets TCP_NODELAY and does the TLS handshake per thread."""
-    from pynetdicom.transport import ThreadedAssociationServer
-
-    class NodeServer(ThreadedAssociationServer):
-        daemon_threads = True
-
-        def get_request(self) -> tuple[socket.socket, Any]:
-            client, address = self.socket.accept()  # type: ignore[union-attr]
-            with contextlib.suppress(OSError):
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return client, address
-
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            if self.ssl_context is not None:
-                try:
-                    request.settimeout(handshake_timeout_s)
-                    request = self.ssl_context.wrap_socket(request, server_side=True)
-                    request.settimeout(None)
-                except (OSError, ValueError) as exc:
-                    logger.warning("refused a connection from %s: TLS handshake failed (%s)",
-                                   client_address[0] if isinstance(client_address, tuple) else client_address,
-                                   getattr(exc, "reason", None) or type(exc).__name__)
-                    with contextlib.suppress(OSError):
-                        request.close()
-                    return
-            super().process_request_thread(request, client_address)
-
-    return NodeServer
-
-
 class StorageNode:
     """The Storage SCP. :meth:`start` listens (non-blocking), :meth:`stop` shuts it down."""
 
@@ -140,9 +109,10 @@ class StorageNode:
         return int(self._server.server_address[1])
 
     def _ae(self) -> Any:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt  # noqa: F401
+        from pynetdicom import AE, AllStoragePresentationContexts
         from pynetdicom.sop_class import Verification
 
+        pynetdicom_compat.check()
         cfg = self.config
         ae = AE(ae_title=cfg.ae_title)
         syntaxes = accepted_transfer_syntaxes()
@@ -171,9 +141,10 @@ class StorageNode:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_OPEN, self._on_connection),
         ]
+        listener = pynetdicom_compat.listener_class(cfg.acse_timeout_s, self._on_handshake_failed)
         self._server = ae.make_server((cfg.host, cfg.port), ssl_context=ssl_context, evt_handlers=handlers,
-                                      server_class=_server_class(cfg.acse_timeout_s))
-        ae._servers.append(self._server)  # as AE.start_server does; shutdown() removes it again
+                                      server_class=listener)
+        pynetdicom_compat.register_server(ae, self._server)
         self._thread = threading.Thread(target=self._server.serve_forever, name="medblip-node", daemon=True)
         self._thread.start()
         logger.info("node %s listening on %s:%d (%s, %d transfer syntaxes, calling AEs: %s)", cfg.ae_title, cfg.host,
@@ -211,9 +182,12 @@ class StorageNode:
 
     def _on_connection(self, event: Any) -> None:
         """A new association: make its reactor answer sooner (pynetdicom has no public setting)."""
-        dul = getattr(event.assoc, "dul", None)
-        if dul is not None and hasattr(dul, "_run_loop_delay"):
-            dul._run_loop_delay = DUL_POLL_S
+        pynetdicom_compat.set_reactor_poll(event.assoc, DUL_POLL_S)
+
+    def _on_handshake_failed(self, client_address: Any, exc: BaseException) -> None:
+        logger.warning("refused a connection from %s: TLS handshake failed (%s)",
+                       client_address[0] if isinstance(client_address, tuple) else client_address,
+                       getattr(exc, "reason", None) or type(exc).__name__)
 
     def _on_rejected(self, event: Any) -> None:
         logger.warning("association from %s (calling AE %s) rejected", event.assoc.requestor.address,

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from medblip_dicom.captioner import ModelIdentity
+from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.preview import NOTICE, render_caption_picture
 from medblip_dicom.uids import stable_uid
 

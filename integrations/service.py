@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
+from medblip_dicom.integrations.components import build_delivery, build_worker, load_captioner, open_spool
 from medblip_dicom.integrations.config import ConfigError, ServiceConfig
 from medblip_dicom.integrations.delivery import Delivery
-from medblip_dicom.integrations.forward import ForwardClient
+from medblip_dicom.integrations.doorbell import Doorbell
 from medblip_dicom.integrations.node import StorageNode
 from medblip_dicom.integrations.spool import FINAL_STATES, PENDING_STATES, JobState, Spool
 from medblip_dicom.integrations.watch import InboxWatcher
@@ -31,33 +32,6 @@ if TYPE_CHECKING:
     from medblip_dicom.integrations.worker import Worker
 
 logger = logging.getLogger(__name__)
-
-
-def load_service_captioner(config: ServiceConfig) -> Captioner:
-    """Load the configured model once, with the configured generation settings."""
-    from medblip_dicom.captioner import Captioner, GenerationSettings
-
-    m = config.model
-    if not m.path:
-        raise ConfigError("[model] path: no model given; pass --model or set it in the config file")
-    settings = GenerationSettings(num_beams=m.num_beams, max_new_tokens=m.max_new_tokens,
-                                  min_new_tokens=m.min_new_tokens, no_repeat_ngram_size=m.no_repeat_ngram_size)
-    return Captioner.load(m.path, device=m.device, dtype=m.dtype, settings=settings)
-
-
-def open_service_spool(config: ServiceConfig) -> Spool:
-    """The configured spool (the service and its worker process open it the same way)."""
-    s = config.spool
-    return Spool(s.dir, max_bytes=s.max_bytes, min_free_bytes=s.min_free_bytes)
-
-
-def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> Worker:
-    """The configured worker (in the service's process or in its worker process)."""
-    from medblip_dicom.integrations.worker import Worker
-
-    w = config.worker
-    return Worker(spool, captioner, batch_size=w.batch_size, max_wait_s=w.max_wait_s,
-                  prepare_workers=w.prepare_workers, picture=config.output.picture)
 
 
 @dataclass(frozen=True)
@@ -101,8 +75,11 @@ class Service:
     def _build(self, *, in_process: bool) -> None:
         cfg = self.config
         if in_process and self._captioner is None:
-            self._captioner = load_service_captioner(cfg)
-        self.spool = open_service_spool(cfg)
+            self._captioner = load_captioner(cfg)
+        # In-process: thread events. Worker process: process-shared doorbells, so each side wakes
+        # the other without polling.
+        bells = {} if in_process else {"received": Doorbell(), "reported": Doorbell()}
+        self.spool = open_spool(cfg, **bells)
         recovered = self.spool.recover()
         summary = self.spool.summary()
         logger.info("spool %s: %d pending, %d done, %d failed%s", self.spool.root, summary.queue_depth, summary.done,
@@ -111,17 +88,8 @@ class Service:
             assert self._captioner is not None
             self.worker = build_worker(self.spool, self._captioner, cfg)
         else:
-            # Process-shared events: each side wakes the other without polling.
-            self.spool.received_event, self.spool.reported_event = WorkerProcess.shared_events()
-            self.worker_process = WorkerProcess(cfg, received=self.spool.received_event,
-                                                reported=self.spool.reported_event)
-        forward = None
-        if cfg.forward.destination is not None:
-            forward = ForwardClient(cfg.forward.destination, calling_ae_title=cfg.forward.calling_ae_title,
-                                    timeout_s=cfg.forward.timeout_s, tls=cfg.forward.tls)
-        self.delivery = Delivery(self.spool, out_dir=cfg.output.dir, forward=forward,
-                                 study_quiet_s=cfg.output.study_quiet_s, retry_initial_s=cfg.forward.retry_initial_s,
-                                 retry_max_s=cfg.forward.retry_max_s)
+            self.worker_process = WorkerProcess(cfg, **bells)
+        self.delivery = build_delivery(self.spool, cfg)
         self.delivery.recover()
         if self.want_watch:
             self.watcher = InboxWatcher(self.spool, cfg.watch)
@@ -193,8 +161,8 @@ class Service:
                 continue
             code = process.exitcode
             if process.pid is not None:
-                self.spool.release_claims_of_dead_process(
-                    process.pid, max_attempts=MAX_ATTEMPTS,
+                self.spool.release_process(
+                    process.pid, max_attempts=MAX_ATTEMPTS, error_class="WorkerProcessDied",
                     reason=f"the worker process died (exit code {code}) while captioning it, {MAX_ATTEMPTS} times "
                            "(a decoder crash or out of memory?)")
             raise RuntimeError(f"the worker process exited with code {code}")

@@ -43,7 +43,7 @@ def summary_dict(root: str, summary: SpoolSummary) -> dict[str, Any]:
             "age_s": round(summary.now - oldest.received_at, 3),
             "attempts": oldest.attempts,
             "study_instance_uid": oldest.study_instance_uid,
-            "last_error": oldest.reason,
+            "last_error": oldest.error,
         },
     }
 
@@ -66,8 +66,8 @@ def format_summary(root: str, summary: SpoolSummary) -> str:
                 f"{_age(summary.now - oldest.received_at)} ago")
         if oldest.attempts:
             text += f", {oldest.attempts} delivery attempt(s)"
-        if oldest.reason and oldest.state.value == "reported":
-            text += f"; last error: {oldest.reason}"
+        if oldest.error and oldest.state.value == "reported":
+            text += f"; last error: {oldest.error}"
         lines.append(text)
     return "\n".join(lines)
 

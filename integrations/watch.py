@@ -19,21 +19,15 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from medblip_dicom.integrations.config import WatchConfig
 from medblip_dicom.fileio import fsync_dir
+
+from medblip_dicom.integrations.config import WatchConfig
+from medblip_dicom.integrations.settle import SettleTracker
 from medblip_dicom.integrations.spool import Spool, SpoolFullError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Candidate:
-    size: int
-    mtime_ns: int
-    stable_since: float
 
 
 class InboxWatcher:
@@ -47,7 +41,7 @@ class InboxWatcher:
         self.inbox = Path(config.inbox)
         self.done_dir = config.resolved_done_dir()
         self.failed_dir = config.resolved_failed_dir()
-        self._candidates: dict[Path, _Candidate] = {}
+        self._candidates = SettleTracker(config.settle_s)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._full_logged = False
@@ -92,36 +86,15 @@ class InboxWatcher:
         if not self.is_input(p):
             return
         with self._lock:
-            self._candidates.pop(p, None)
-            self._candidates[p] = _Candidate(-1, -1, time.monotonic())
+            self._candidates.notice(p, time.monotonic())
         self._wake.set()
 
     # -- taking files ---------------------------------------------------------------------------
 
     def _settled(self, now: float) -> list[Path]:
-        """Update the settle clocks; return candidates unchanged for settle_s."""
-        ready: list[Path] = []
+        """Candidates whose size and mtime stayed unchanged for settle_s (see :mod:`.settle`)."""
         with self._lock:
-            items = list(self._candidates.items())
-        for path, cand in items:
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                with self._lock:
-                    self._candidates.pop(path, None)
-                continue
-            except OSError:
-                continue
-            if not path.is_file():
-                with self._lock:
-                    self._candidates.pop(path, None)
-                continue
-            if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns):
-                cand.size, cand.mtime_ns, cand.stable_since = st.st_size, st.st_mtime_ns, now
-                continue
-            if now - cand.stable_since >= self.config.settle_s:
-                ready.append(path)
-        return ready
+            return self._candidates.settled(now)
 
     def take(self, path: Path) -> bool:
         """Copy one file into the spool and remove it from the inbox. False when it must wait (spool full)."""
@@ -136,7 +109,7 @@ class InboxWatcher:
             return False
         except FileNotFoundError:
             with self._lock:
-                self._candidates.pop(path, None)
+                self._candidates.forget(path)
             return True
         except OSError as exc:  # unreadable for now (permissions, a share that went away): try later
             logger.warning("cannot take an inbox file yet (%s: %s)", type(exc).__name__, exc.strerror or exc)
@@ -149,7 +122,7 @@ class InboxWatcher:
         except FileNotFoundError:
             pass
         with self._lock:
-            self._candidates.pop(path, None)
+            self._candidates.forget(path)
         self.taken += 1
         logger.debug("took an inbox file as job %d (%s)", admission.job_id, admission.state.value)
         self._prune_empty_dirs(path.parent)
@@ -228,7 +201,7 @@ class InboxWatcher:
                 now = time.monotonic()
                 if self.config.rescan_interval_s and now - last_scan >= self.config.rescan_interval_s:
                     with self._lock:
-                        known = set(self._candidates)
+                        known = self._candidates.paths()
                     for path in self.scan():
                         if path not in known:
                             self.notice(path)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from medblip_dicom.api import CaptionFailure, CaptionResult, caption_dicoms
 from medblip_dicom.captioner import Captioner
-from medblip_dicom.errors import NotAnImageError
+from medblip_dicom.errors import NotAnImageError, SourceError
+from medblip_dicom.fileio import atomic_write_bytes
 from medblip_dicom.report import write_report
 
-from medblip_dicom.fileio import atomic_write_bytes
 from medblip_dicom.integrations.spool import Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
@@ -104,27 +104,26 @@ class Worker:
                 for job in jobs:
                     self.process([job])
                 return
-            self._retry_or_fail(jobs[0], f"{type(exc).__name__}: {exc}")
+            self._retry_or_fail(jobs[0], type(exc).__name__, str(exc))
             return
         self.batch_sizes.append(len(jobs))
         for job, outcome in zip(jobs, outcomes, strict=True):
             try:
                 self._record(job, outcome)
             except OSError as exc:
-                self._retry_or_fail(job, f"{type(exc).__name__}: cannot write the report into the spool ({exc})")
+                self._retry_or_fail(job, type(exc).__name__, f"cannot write the report into the spool ({exc})")
             except Exception as exc:  # noqa: BLE001 - one job's error must not stop the others
                 logger.exception("job %d: unexpected error while recording its outcome", job.id)
-                self._retry_or_fail(job, f"{type(exc).__name__}: {exc}")
+                self._retry_or_fail(job, type(exc).__name__, str(exc))
         logger.info("batch of %d captioned in %.2f s", len(jobs), time.perf_counter() - started)
 
-    def _retry_or_fail(self, job: Job, reason: str) -> None:
-        attempts = self.spool.job(job.id).attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            logger.error("job %d failed after %d attempts: %s", job.id, attempts, reason)
-            self.spool.finish(job.id, JobState.FAILED, self._scrub(reason, job))
-        else:
-            logger.warning("job %d: attempt %d failed (%s); will retry", job.id, attempts, reason)
-            self.spool.release([job.id], count_attempt=True)
+    def _retry_or_fail(self, job: Job, error_class: str, message: str) -> None:
+        """The job's batch failed for a reason outside the job: try again, up to MAX_ATTEMPTS in all."""
+        reason = self._scrub(message, job)
+        released = self.spool.release([job.id], count_attempt=True, max_attempts=MAX_ATTEMPTS,
+                                      error_class=error_class, reason=reason)
+        if released.requeued:
+            logger.warning("job %d: attempt failed (%s: %s); will retry", job.id, error_class, reason)
 
     def _scrub(self, message: str, job: Job) -> str:
         """Replace the spool path of the input (the label in core messages) by the job number."""
@@ -133,13 +132,13 @@ class Worker:
     def _record(self, job: Job, outcome: CaptionResult | CaptionFailure) -> None:
         if isinstance(outcome, CaptionFailure):
             error = outcome.error
-            reason = f"{type(error).__name__}: {self._scrub(str(error), job)}"
-            if reason.startswith(f"{type(error).__name__}: job {job.id}: "):
-                reason = f"{type(error).__name__}: " + reason.split(f"job {job.id}: ", 1)[1]
+            # A source's error keeps its reason apart from its label (the spool path): record the reason.
+            reason = self._scrub(error.reason if isinstance(error, SourceError) else str(error), job)
             state = JobState.SKIPPED if isinstance(error, NotAnImageError) else JobState.FAILED
             logger.log(logging.INFO if state is JobState.SKIPPED else logging.WARNING,
-                       "job %d: %s (SOPInstanceUID %s): %s", job.id, state.value, job.sop_instance_uid, reason)
-            self.spool.finish(job.id, state, reason)
+                       "job %d: %s (SOPInstanceUID %s): %s: %s", job.id, state.value, job.sop_instance_uid,
+                       type(error).__name__, reason)
+            self.spool.finish(job.id, state, reason, error_class=type(error).__name__)
             return
         folder = self.spool.report_dir(job.id)
         files = [write_report(outcome.sr, folder)]

@@ -1,9 +1,8 @@
 """The worker in a process of its own, so that ingest never waits for the model.
 
 In one process the node's C-STORE handling and the worker's Python (decoding, SR building) take
-turns on one interpreter lock, and the model's threads take the CPU: with the worker running, the
-node stored half as many instances a second as without it (bench/node_ingest.py). Here the
-worker runs in a child process (``spawn``: no fork of a process holding threads), at a lower CPU
+turns on one interpreter lock, and the model's threads take the CPU, so ingest slows down while
+the model works (bench/node_ingest.py measures it; figures in bench/RESULTS.md). Here the worker runs in a child process (``spawn``: no fork of a process holding threads), at a lower CPU
 priority (``[worker] nice``), on the same spool (SQLite WAL; several processes may share one).
 
 Lifecycle: :meth:`WorkerProcess.start` spawns the child and waits until it has loaded the model;
@@ -13,9 +12,8 @@ in-process load would, and a stop asked for meanwhile ends the wait at once.
 child ignores SIGTERM/SIGINT (systemd signals the whole control group, Ctrl-C the whole process
 group): the service stops it, so a clean stop never looks like a crash. A child whose parent is
 gone stops by itself, so a killed service never leaves a worker behind. The spool's "received"
-and "reported" events are :class:`Doorbell` pipes shared by both processes, so neither side polls
-to learn that the other has work for it. (Not ``multiprocessing.Event``: its ``set()`` waits for every sleeper to wake,
-so a worker killed while waiting would hang the node's C-STORE handler for good.)
+and "reported" events are :class:`~medblip_dicom.integrations.doorbell.Doorbell` pipes shared by
+both processes, so neither side polls to learn that the other has work for it.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from typing import Any
 from medblip_dicom.errors import MedblipError
 
 from medblip_dicom.integrations.config import ServiceConfig
+from medblip_dicom.integrations.doorbell import Doorbell
 
 logger = logging.getLogger(__name__)
 
@@ -43,42 +42,6 @@ START_TIMEOUT_S = 600.0
 
 class WorkerStartError(MedblipError):
     """The worker process could not start (the model did not load, or the process died)."""
-
-
-class Doorbell:
-    """A threading.Event-like signal between processes that no participant's death can block.
-
-    A pipe: :meth:`set` writes a byte without blocking (a full pipe is rung already; a reader
-    that is gone is ignored), :meth:`wait` waits until the pipe is readable, :meth:`clear`
-    drains it. Several processes may ring; one process waits. Picklable for ``spawn``.
-    """
-
-    def __init__(self) -> None:
-        self._reader, self._writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
-        self._nonblocking()
-
-    def _nonblocking(self) -> None:
-        os.set_blocking(self._writer.fileno(), False)
-        os.set_blocking(self._reader.fileno(), False)  # clear() drains; poll() waits either way
-
-    def set(self) -> None:
-        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(self._writer.fileno(), b"!")
-
-    def is_set(self) -> bool:
-        return self._reader.poll(0)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._reader.poll(timeout)
-
-    def clear(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while os.read(self._reader.fileno(), 4096):
-                pass
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._nonblocking()
 
 
 class WorkerProcess:
@@ -91,11 +54,6 @@ class WorkerProcess:
         self._reported = reported
         self._stop = Doorbell()  # not multiprocessing.Event: see the module docstring
         self._process: Any = None
-
-    @staticmethod
-    def shared_events() -> tuple[Doorbell, Doorbell]:
-        """Two process-shared signals for a spool's ``received_event`` and ``reported_event``."""
-        return Doorbell(), Doorbell()
 
     @property
     def pid(self) -> int | None:
@@ -191,16 +149,15 @@ def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, 
         with contextlib.suppress(OSError):
             os.nice(nice)
 
-    from medblip_dicom.integrations.service import build_worker, load_service_captioner, open_service_spool
+    from medblip_dicom.integrations.components import build_worker, load_captioner, open_spool
 
     try:
-        captioner = load_service_captioner(config)
+        captioner = load_captioner(config)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{exc}" if isinstance(exc, MedblipError) else f"{type(exc).__name__}: {exc}"))
         conn.close()
         sys.exit(1)
-    spool = open_service_spool(config)
-    spool.received_event, spool.reported_event = received, reported
+    spool = open_spool(config, received=received, reported=reported)
     worker = build_worker(spool, captioner, config)
     ident = captioner.identity
     conn.send(("ready", f"pid {os.getpid()}, nice {nice}, model {ident.name} {ident.version}, "

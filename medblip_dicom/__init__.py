@@ -25,9 +25,11 @@ _LAZY = {
     "caption_dicoms": "medblip_dicom.api",
     "CaptionResult": "medblip_dicom.api",
     "CaptionFailure": "medblip_dicom.api",
+    "load_captioner": "medblip_dicom.api",
     "Captioner": "medblip_dicom.captioner",
-    "GenerationSettings": "medblip_dicom.captioner",
-    "ModelIdentity": "medblip_dicom.captioner",
+    "GenerationSettings": "medblip_dicom.generation",
+    "ModelIdentity": "medblip_dicom.identity",
+    "CaptionReport": "medblip_dicom.report_view",
     "dataset_to_image": "medblip_dicom.pixels",
     "dataset_to_array": "medblip_dicom.pixels",
     "read_image": "medblip_dicom.reading",
@@ -40,16 +42,21 @@ _LAZY = {
     "PixelDecodeError": "medblip_dicom.errors",
     "ModelLoadError": "medblip_dicom.errors",
     "ReportError": "medblip_dicom.errors",
+    "SourceError": "medblip_dicom.errors",
+    "MissingDependencyError": "medblip_dicom.errors",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from medblip_dicom.api import CaptionFailure, CaptionResult, caption_dicom, caption_dicoms
-    from medblip_dicom.captioner import Captioner, GenerationSettings, ModelIdentity
+    from medblip_dicom.api import CaptionFailure, CaptionResult, caption_dicom, caption_dicoms, load_captioner
+    from medblip_dicom.captioner import Captioner
+    from medblip_dicom.generation import GenerationSettings
+    from medblip_dicom.identity import ModelIdentity
+    from medblip_dicom.report_view import CaptionReport
     from medblip_dicom.errors import (
-        DicomReadError, InvalidDicomError, MedblipError, ModelLoadError, NotAnImageError,
-        NotDicomError, PixelDecodeError, ReportError,
+        DicomReadError, InvalidDicomError, MedblipError, MissingDependencyError, ModelLoadError, NotAnImageError,
+        NotDicomError, PixelDecodeError, ReportError, SourceError,
     )
     from medblip_dicom.pixels import dataset_to_array, dataset_to_image
     from medblip_dicom.reading import read_image

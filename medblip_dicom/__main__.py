@@ -2,6 +2,6 @@
 
 import sys
 
-from medblip_dicom.cli import main
+from medblip_dicom.apps.main import main
 
 sys.exit(main())

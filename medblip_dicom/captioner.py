@@ -8,20 +8,22 @@ holds the resize and normalisation used in training, so inference normalises the
 Device ``auto`` picks CUDA, then Apple MPS, then the CPU. Dtype ``auto`` picks bfloat16 on a GPU
 that supports it (else float16), float16 on MPS, and on the CPU bfloat16 when the processor has
 native bf16 instructions (AVX512-BF16 or AMX), else float32. A reduced precision casts the weights
-themselves, on the CPU too: BLIP-base generated 1.55x faster with bf16 weights than under bf16
-autocast on a 2-core AVX512-BF16 Xeon (batch 8), which re-casts weights on every call. Generation
-is greedy or beam search (never sampling), so the same picture gives the same caption on the same
-machine and precision.
+themselves, on the CPU too (autocast would re-cast them at every call; the README and
+bench/RESULTS.md give the measured difference). Generation is greedy or beam search (never
+sampling), so the same picture gives the same caption on the same machine and precision.
+
+The model's identity (:mod:`medblip_dicom.identity`) includes a digest of its weights; it is
+cached per fingerprint of the weight files (:mod:`medblip_dicom.digestcache`), so a start does not
+hash a gigabyte of weights when nothing changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from medblip_dicom import digestcache
 from medblip_dicom.errors import MedblipError, ModelLoadError
-from medblip_dicom.uids import stable_uid
+from medblip_dicom.generation import GenerationSettings
+from medblip_dicom.identity import PROVENANCE_FILE, ModelIdentity, model_identity
+
+__all__ = ["PROVENANCE_FILE", "CaptionGenerator", "Captioner", "GenerationSettings", "ModelIdentity", "resolve_device", "resolve_dtype",
+           "weights_digest"]
 
 logger = logging.getLogger(__name__)
-
-#: File written by training beside an exported model; read here for the model's name and version.
-PROVENANCE_FILE = "medblip_provenance.json"
 
 _DTYPES = {
     "float32": torch.float32,
@@ -45,65 +49,6 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How captions are generated. Defaults suit ROCO-style captions (median ~20 words).
-
-    ``no_repeat_ngram_size`` is the repetition guard: small captioning models otherwise loop
-    ("the the the"). ``num_beams=1`` is greedy decoding.
-    """
-
-    num_beams: int = 3
-    max_new_tokens: int = 60
-    min_new_tokens: int = 5
-    no_repeat_ngram_size: int = 3
-    repetition_penalty: float = 1.0
-    length_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(
-                f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
-                f"got {self.min_new_tokens}"
-            )
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate`` (deterministic: no sampling)."""
-        kwargs: dict[str, Any] = asdict(self)
-        kwargs["do_sample"] = False
-        if self.num_beams == 1:
-            kwargs.pop("length_penalty")
-        return kwargs
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Who wrote a caption: recorded in every SR (device observer, equipment attributes).
-
-    ``weights_sha256`` is a digest of the model's tensors (names, dtypes, shapes and bytes, in
-    name order) taken before any dtype conversion, so it identifies the weights whatever the file
-    layout. Training records the same digest in its provenance file.
-    """
-
-    name: str
-    version: str
-    weights_sha256: str
-    source: str
-
-    @property
-    def device_uid(self) -> str:
-        """A UID for the model as a DICOM device observer, stable for the same weights."""
-        return stable_uid("medblip-dicom/device", self.weights_sha256)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -167,18 +112,58 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 @dataclass
-class Captioner:
-    """A loaded BLIP model, its processor and the settings it generates with.
+class CaptionGenerator:
+    """A BLIP model and its processor on a device: pictures in, captions out.
 
-    Build it with :meth:`Captioner.load`; then :meth:`caption` a list of pictures (one batch).
+    What evaluation needs during training (the model being trained has no identity yet); a
+    :class:`Captioner` is a generator with the loaded model's identity, which reports need.
     """
 
     model: Any
     processor: Any
-    identity: ModelIdentity
     device: torch.device
     dtype: torch.dtype
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+    @cached_property
+    def _suppressed_token_ids(self) -> list[int]:
+        """Special tokens a caption must never contain (padding, unknown, [CLS], [MASK], [DEC])."""
+        tok = self.processor.tokenizer
+        ids = {tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.mask_token_id, tok.bos_token_id}
+        ids.add(self.model.config.text_config.bos_token_id)
+        ids.discard(self.model.config.text_config.sep_token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize and normalise pictures exactly as the processor stored with the model says."""
+        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def generate(self, pixel_values: torch.Tensor, settings: GenerationSettings | None = None) -> list[str]:
+        """Caption a batch of preprocessed pictures; returns one stripped caption per picture."""
+        settings = settings or self.settings
+        kwargs = settings.generate_kwargs()
+        kwargs["suppress_tokens"] = self._suppressed_token_ids
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        out = self.model.generate(pixel_values=pixel_values, **kwargs)
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]
+
+    def caption(self, images: Sequence[Image.Image], settings: GenerationSettings | None = None) -> list[str]:
+        """Caption pictures as one batch (the caller chooses the batch size)."""
+        if not images:
+            return []
+        return self.generate(self.preprocess(images), settings)
+
+
+@dataclass
+class Captioner(CaptionGenerator):
+    """A loaded BLIP model, its processor, the settings it generates with and its identity.
+
+    Build it with :meth:`Captioner.load`; then :meth:`caption` a list of pictures (one batch).
+    """
+
+    identity: ModelIdentity = field(kw_only=True)
 
     @classmethod
     def load(
@@ -241,37 +226,7 @@ class Captioner:
             "loaded model %s (version %s, sha256 %s…) on %s as %s",
             identity.name, identity.version, identity.weights_sha256[:12], torch_device, str(torch_dtype).split(".")[-1],
         )
-        return cls(net, processor, identity, torch_device, torch_dtype, settings or GenerationSettings())
-
-    @cached_property
-    def _suppressed_token_ids(self) -> list[int]:
-        """Special tokens a caption must never contain (padding, unknown, [CLS], [MASK], [DEC])."""
-        tok = self.processor.tokenizer
-        ids = {tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.mask_token_id, tok.bos_token_id}
-        ids.add(self.model.config.text_config.bos_token_id)
-        ids.discard(self.model.config.text_config.sep_token_id)
-        return sorted(i for i in ids if i is not None)
-
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Resize and normalise pictures exactly as the processor stored with the model says."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-
-    @torch.inference_mode()
-    def generate(self, pixel_values: torch.Tensor, settings: GenerationSettings | None = None) -> list[str]:
-        """Caption a batch of preprocessed pictures; returns one stripped caption per picture."""
-        settings = settings or self.settings
-        kwargs = settings.generate_kwargs()
-        kwargs["suppress_tokens"] = self._suppressed_token_ids
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        out = self.model.generate(pixel_values=pixel_values, **kwargs)
-        texts = self.processor.batch_decode(out, skip_special_tokens=True)
-        return [" ".join(t.split()) for t in texts]
-
-    def caption(self, images: Sequence[Image.Image], settings: GenerationSettings | None = None) -> list[str]:
-        """Caption pictures as one batch (the caller chooses the batch size)."""
-        if not images:
-            return []
-        return self.generate(self.preprocess(images), settings)
+        return cls(net, processor, torch_device, torch_dtype, settings or GenerationSettings(), identity=identity)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -285,17 +240,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _identity(net: Any, source: str, directory: Path | None) -> ModelIdentity:
-    digest = weights_digest(net)
-    provenance: dict[str, Any] = {}
-    if directory is not None and (directory / PROVENANCE_FILE).is_file():
-        try:
-            provenance = json.loads((directory / PROVENANCE_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable %s: %s", directory / PROVENANCE_FILE, exc)
-    name = str(provenance.get("model_name") or (directory.resolve().name if directory else source))
-    version = str(
-        provenance.get("model_version")
-        or getattr(net.config, "_commit_hash", None)
-        or f"sha256-{digest[:12]}"
-    )
-    return ModelIdentity(name=name, version=version, weights_sha256=digest, source=source)
+    """The loaded model's identity; its weights digest comes from the cache when the files are unchanged."""
+    key = digestcache.fingerprint(directory if directory is not None else _hub_snapshot(source))
+    digest = digestcache.lookup(key)
+    if digest is None:
+        digest = weights_digest(net)
+        digestcache.store(key, digest, source)
+    else:
+        logger.debug("weights digest of %s from the cache", source)
+    return model_identity(source, directory, digest, getattr(net.config, "_commit_hash", None))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The cached snapshot folder of a hub model (where its weight files are), or an empty path."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - no snapshot: the digest is computed, not cached
+        return Path()

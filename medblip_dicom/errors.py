@@ -3,6 +3,11 @@
 Every error a user can cause (a bad file, a missing model, an unusable device) is a
 :class:`MedblipError`. Its message names the file and, where one is involved, the DICOM
 attribute, and says what to do. CLIs print ``str(error)`` as one line and exit non-zero.
+
+Errors about one source (:class:`SourceError`: reading it, building its report) keep the source's
+label and the reason apart (``error.source``, ``error.reason``), so that a service can record the
+reason without the spool path it read the file from, and so that they cross a process boundary
+(:mod:`medblip_dicom.cpupool`) intact.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ class MedblipError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
-class DicomReadError(MedblipError):
-    """The source could not be read as a DICOM image we can caption."""
+class SourceError(MedblipError):
+    """Something is wrong with one source: ``str(error)`` is ``"<source>: <reason>"``."""
 
     def __init__(self, source: str, reason: str) -> None:
         self.source = source
@@ -21,9 +26,12 @@ class DicomReadError(MedblipError):
         super().__init__(f"{source}: {reason}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        # Exceptions pickle their message as the one argument; this one takes two. Needed to
-        # cross a process boundary (medblip_dicom.cpupool).
+        # Exceptions pickle their message as the one argument; this one takes two.
         return (type(self), (self.source, self.reason))
+
+
+class DicomReadError(SourceError):
+    """The source could not be read as a DICOM image we can caption."""
 
 
 class NotDicomError(DicomReadError):
@@ -42,9 +50,13 @@ class PixelDecodeError(DicomReadError):
     """The pixel data could not be decoded or turned into an image."""
 
 
+class ReportError(SourceError):
+    """A Structured Report could not be built or written for a source."""
+
+
 class ModelLoadError(MedblipError):
     """The captioning model could not be loaded."""
 
 
-class ReportError(MedblipError):
-    """A Structured Report could not be built or written."""
+class MissingDependencyError(MedblipError):
+    """A package a command needs is not installed; the message names the extra to install."""

@@ -38,6 +38,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, pixel_array
 
+from medblip_dicom.dicomfile import number_of_frames
 from medblip_dicom.errors import DicomReadError, PixelDecodeError
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,6 @@ FALLBACK_PERCENTILES = (0.5, 99.5)
 
 _MODALITY_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence")
 _VOI_KEYWORDS = ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")
-
-
-def number_of_frames(ds: Dataset) -> int:
-    """Return the number of frames (1 when NumberOfFrames is absent or empty)."""
-    try:
-        return max(int(ds.get("NumberOfFrames") or 1), 1)
-    except (TypeError, ValueError):
-        return 1
 
 
 def choose_frame(ds: Dataset, frame: int | None = None, *, label: str = "dataset") -> int:

@@ -19,7 +19,6 @@ import copy
 import io
 import logging
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -31,6 +30,7 @@ from pydicom.errors import InvalidDicomError as _PydicomInvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import VR as _VR
 
+from medblip_dicom.dicomfile import MAX_FRAME_BYTES, MAX_INFLATED_BYTES, deflate_bomb_at, number_of_frames
 from medblip_dicom.errors import (
     DicomReadError,
     InvalidDicomError,
@@ -42,18 +42,6 @@ logger = logging.getLogger(__name__)
 
 #: Anything :func:`read_image` accepts.
 DicomSource = Union[str, "os.PathLike[str]", bytes, bytearray, Dataset]
-
-#: One decoded frame may not exceed this many bytes (Rows x Columns x Samples x Bits Allocated / 8).
-#: 256 MiB is ~11.5k x 11.5k at 16 bits; real radiographs are < 100 MiB (a mammogram ~40 MiB).
-#: Protects against headers that claim absurd sizes: turning a frame into a picture peaks at about
-#: seven times its bytes (integer, float and 8-bit copies), so this caps one image at ~2 GiB.
-MAX_FRAME_BYTES = 256 << 20
-
-#: Deflated Explicit VR Little Endian: pydicom inflates such a data set whole, in memory, before
-#: anything in it can be checked, and zlib packs zeros ~1000:1, so a 1 MiB file could claim GiBs.
-DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
-#: A deflated data set that inflates beyond this is refused without being inflated in memory.
-MAX_INFLATED_BYTES = 2 * MAX_FRAME_BYTES
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -121,38 +109,6 @@ def read_dataset(source: DicomSource) -> tuple[Dataset, str]:
     return _parse(lambda: path, label), label
 
 
-def deflated_data_set_offset(head: bytes) -> int | None:
-    """Where the deflated data set starts, when `head` (a Part 10 file's first bytes, file meta
-    included) names the deflated transfer syntax; None for any other file."""
-    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" \
-            or head[136:138] != b"UL":
-        return None
-    end = 144 + int.from_bytes(head[140:144], "little")
-    return end if DEFLATED_SYNTAX.encode() in head[144:end] else None
-
-
-def inflates_beyond(stream: BinaryIO, limit: int = MAX_INFLATED_BYTES) -> bool:
-    """True when the raw-deflate `stream` (read from its position) inflates to more than `limit` bytes.
-
-    Streams in 1 MiB steps, so checking costs CPU but no memory. A corrupt stream returns False
-    (the parser reports it).
-    """
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total = 0
-    try:
-        while chunk := stream.read(1 << 20):
-            while chunk:
-                total += len(inflater.decompress(chunk, 1 << 20))
-                if total > limit:
-                    return True
-                chunk = inflater.unconsumed_tail
-            if inflater.eof:
-                break
-    except zlib.error:
-        return False
-    return False
-
-
 _KNOWN_VRS = frozenset(vr.value for vr in _VR)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
@@ -189,16 +145,11 @@ def _dictionary_vr(tag: int) -> str | None:
 
 def _refuse_inflation_bomb(source: Path | BinaryIO, label: str) -> None:
     with (open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source)) as fh:
-        start = fh.tell()
-        offset = deflated_data_set_offset(fh.read(1 << 16))
-        if offset is not None:
-            fh.seek(start + offset)
-            if inflates_beyond(fh):
-                raise InvalidDicomError(
-                    label, f"its deflated data set inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB; "
-                    "refusing to inflate it (a decompression bomb?)"
-                )
-        fh.seek(start)
+        if deflate_bomb_at(fh):
+            raise InvalidDicomError(
+                label, f"its deflated data set inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB; "
+                "refusing to inflate it (a decompression bomb?)"
+            )
 
 
 def _parse(opener, label: str) -> Dataset:  # noqa: ANN001 - opener returns a path or a file
@@ -339,11 +290,7 @@ def _check_native_length(ds: Dataset, label: str, frame_bytes: int) -> None:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None or UID(syntax).is_compressed:
         return
-    try:
-        frames = max(int(ds.get("NumberOfFrames") or 1), 1)
-    except (TypeError, ValueError):
-        frames = 1
-    expected = frame_bytes * frames
+    expected = frame_bytes * number_of_frames(ds)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
         expected = expected * 2 // 3  # chroma is subsampled: 2 samples per pixel are stored
     actual = len(ds.PixelData or b"")

@@ -28,15 +28,17 @@ import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom import config
 from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import validate_value
 from pydicom.sr.codedict import codes
 
 from medblip_dicom import __version__
-from medblip_dicom.captioner import ModelIdentity
+from medblip_dicom.dicomfile import number_of_frames
 from medblip_dicom.errors import ReportError
 from medblip_dicom.fileio import atomic_write_bytes
+from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.uids import stable_uid
 
 logger = logging.getLogger(__name__)
@@ -90,11 +92,15 @@ def _evidence_view(source: Dataset) -> Dataset:
 
 
 def _is_valid(elem: DataElement) -> bool:
-    """False for a value that breaks its VR (e.g. a 64-character Study ID): such a value is not
-    copied into the report, which must stay conformant whatever the source holds."""
+    """False for a value that breaks its VR (e.g. a 64-character Study ID) or its value
+    multiplicity (two names in PatientName, VM 1): such a value is not copied into the report,
+    which must stay conformant whatever the source holds."""
     if elem.VR == "SQ":
         return True
     values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+    if not vm_allows(_dictionary_vm(elem.tag), len(values)):
+        logger.debug("not copying %s into the report: %d values break its VM", elem.keyword, len(values))
+        return False
     try:
         for value in values:
             if value not in (None, ""):
@@ -103,6 +109,29 @@ def _is_valid(elem: DataElement) -> bool:
         logger.debug("not copying invalid %s into the report", elem.keyword)
         return False
     return True
+
+
+def _dictionary_vm(tag: int) -> str:
+    try:
+        return dictionary_VM(tag)
+    except KeyError:  # private or unknown: nothing to hold it to
+        return "1-n"
+
+
+def vm_allows(vm: str, count: int) -> bool:
+    """True when `count` values satisfy a data dictionary VM such as ``1``, ``1-3``, ``1-n`` or ``2-2n``.
+
+    An empty value (0 values) always does: whether an attribute may be empty is its type, not its VM.
+    """
+    if count <= 1:
+        return True if count == 0 else vm.split("-", 1)[0] in ("1", "1n")
+    low, _, high = vm.partition("-")
+    if not high:
+        return count == int(low)
+    if high.endswith("n"):
+        step = int(high[:-1] or 1)
+        return count >= int(low) and count % step == 0
+    return int(low) <= count <= int(high)
 
 
 def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_number: int | None) -> hd.sr.ContainerContentItem:
@@ -156,8 +185,8 @@ def build_report(
     label = label or str(source.get("SOPInstanceUID", "dataset"))
     caption = " ".join(caption.split())
     if not caption:
-        raise ReportError(f"{label}: the model produced an empty caption; no report written")
-    multi_frame = int(source.get("NumberOfFrames") or 1) > 1 and is_multiframe_class(str(source.SOPClassUID))
+        raise ReportError(label, "the model produced an empty caption; no report written")
+    multi_frame = number_of_frames(source) > 1 and is_multiframe_class(str(source.SOPClassUID))
     series_uid, sop_uid = report_uids(source, identity)
     evidence = _evidence_view(source)
     content = _content(caption, source, identity, frame_index + 1 if multi_frame else None)
@@ -192,7 +221,7 @@ def build_report(
             sr = make(stand_in)
             _restore_evidence_class(sr, str(source.SOPInstanceUID), str(source.SOPClassUID))
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise ReportError(f"{label}: cannot build the Structured Report ({type(exc).__name__}: {exc})") from None
+        raise ReportError(label, f"cannot build the Structured Report ({type(exc).__name__}: {exc})") from None
     return sr
 
 
@@ -244,7 +273,7 @@ def report_filename(sr: Dataset) -> str:
     """File name of an SR in an output folder: its SOPInstanceUID (digits and dots only) + .dcm."""
     uid = str(sr.SOPInstanceUID)
     if not uid or any(c not in "0123456789." for c in uid) or len(uid) > 64:
-        raise ReportError(f"refusing to use {uid!r} as a file name: not a valid UID")
+        raise ReportError(uid[:80], "refusing to use this SOPInstanceUID as a file name: not a valid UID")
     return f"{uid}.dcm"
 
 

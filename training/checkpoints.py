@@ -48,6 +48,29 @@ class TrainerState:
         return cls(**json.loads((folder / STATE_FILE).read_text()))
 
 
+def keep_one_name_per_tensor(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+    """accelerate ``save_state`` pre-hook: name each tensor once in the model state to be saved.
+
+    BLIP ties its text decoder's output layer to its word embeddings, so its state dict names one
+    tensor twice. safetensors stores a tensor once: accelerate would drop the second name itself,
+    with a "Removed shared tensor ... check by verifying that you don't receive any warning while
+    reloading" warning at every checkpoint. The tie is handled here instead, by safetensors' own
+    rule (the first name in sorted order stays); ``load_state`` restores both names, because
+    safetensors' ``load_model`` knows the model's shared tensors.
+    """
+    for state in weights:
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for name, tensor in state.items():
+            if hasattr(tensor, "untyped_storage"):
+                storage = tensor.untyped_storage()
+                key = (str(tensor.device), storage.data_ptr(), storage.nbytes(), tensor.storage_offset(),
+                       tuple(tensor.shape))
+                groups.setdefault(key, []).append(name)
+        for names in groups.values():
+            for name in sorted(names)[1:]:
+                del state[name]
+
+
 def save_checkpoint(accelerator: Any, state: TrainerState, checkpoints_dir: Path, keep_last: int) -> Path:
     """Save accelerator state + trainer state as ``step-NNNNNNNN`` atomically; prune to `keep_last`.
 

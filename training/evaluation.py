@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medblip_dicom.captioner import Captioner
+from medblip_dicom.captioner import CaptionGenerator
 from medblip_dicom.pixels import open_image
 from medblip_dicom.training.bleu import SMOOTHING, TOKENISATION, bleu_scores
 from medblip_dicom.training.records import Record
@@ -23,7 +23,7 @@ from medblip_dicom.training.records import Record
 logger = logging.getLogger(__name__)
 
 
-def generate_predictions(captioner: Captioner, records: Sequence[Record], batch_size: int = 16,
+def generate_predictions(captioner: CaptionGenerator, records: Sequence[Record], batch_size: int = 16,
                          progress: bool = False) -> list[tuple[str, str, str]]:
     """``(id, reference, hypothesis)`` for each record, in order."""
     rows: list[tuple[str, str, str]] = []
@@ -61,7 +61,7 @@ def write_predictions(rows: Sequence[tuple[str, str, str]], path: str | os.PathL
     return path
 
 
-def evaluate_model(captioner: Captioner, records: Sequence[Record], out_dir: str | os.PathLike[str],
+def evaluate_model(captioner: CaptionGenerator, records: Sequence[Record], out_dir: str | os.PathLike[str],
                    batch_size: int = 16, progress: bool = False) -> dict[str, Any]:
     """Caption `records`, write ``predictions.csv`` and ``metrics.json`` in `out_dir`; return metrics."""
     started = time.perf_counter()

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from medblip_dicom import __version__
-from medblip_dicom.captioner import PROVENANCE_FILE, weights_digest
+from medblip_dicom.captioner import weights_digest
+from medblip_dicom.identity import PROVENANCE_FILE
 
 
 def export_model(model: Any, processor: Any, target: str | os.PathLike[str], provenance: dict[str, Any]) -> Path:

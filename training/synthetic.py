@@ -52,7 +52,7 @@ def captions() -> list[str]:
 
 def check_vocabulary() -> None:
     """Raise if a caption word is not found in the shipped real ROCO captions."""
-    from medblip_dicom.demo_model import roco_captions
+    from medblip_dicom.training.demo_model import roco_captions
     from medblip_dicom.training.bleu import tokenize
 
     known = {w for c in roco_captions() for w in tokenize(c)}

@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 
-from medblip_dicom.training.checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from medblip_dicom.training.checkpoints import (
+    TrainerState, keep_one_name_per_tensor, latest_checkpoint, load_checkpoint, save_checkpoint,
+)
 from medblip_dicom.training.config import TrainConfig
 from medblip_dicom.training.data import CaptionCollator, CaptionDataset, EpochShuffleSampler
 from medblip_dicom.training.records import Record, detect_layout, load_records
@@ -94,6 +96,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     _reset_accelerator_state()
     accelerator = Accelerator(mixed_precision=_mixed_precision(config, use_cpu),
                               gradient_accumulation_steps=config.grad_accum, cpu=use_cpu)
+    accelerator.register_save_state_pre_hook(keep_one_name_per_tensor)
     set_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -242,15 +245,15 @@ def _evaluate(accelerator: Any, model: Any, processor: Any, records: list[Record
     """Caption the validation rows (sharded over ranks) and score them on rank 0."""
     from accelerate.utils import gather_object
 
-    from medblip_dicom.captioner import Captioner, GenerationSettings, ModelIdentity
+    from medblip_dicom.captioner import CaptionGenerator
+    from medblip_dicom.generation import GenerationSettings
     from medblip_dicom.training.evaluation import generate_predictions, score, write_predictions
 
     model.eval()
     net = accelerator.unwrap_model(model)
     settings = GenerationSettings(num_beams=config.eval_num_beams, max_new_tokens=config.eval_max_new_tokens,
                                   min_new_tokens=1)
-    captioner = Captioner(net, processor, ModelIdentity("training", "in-progress", "", config.out),
-                          accelerator.device, torch.float32, settings)
+    captioner = CaptionGenerator(net, processor, accelerator.device, torch.float32, settings)
     shard = records[accelerator.process_index::accelerator.num_processes]
     with accelerator.autocast():
         rows = generate_predictions(captioner, shard, batch_size=config.batch_size)

@@ -143,3 +143,56 @@ class TestSparseSources:
         validate_sr(path)
         ref = pydicom.dcmread(path).CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert ref.ReferencedSOPSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
+
+
+#: Every patient and study attribute the report copies whose VM is 1 and whose VR allows several
+#: values, with two values that are each valid for the VR: only the multiplicity is wrong.
+TWO_VALUES = {
+    "PatientName": ["Doe^Jane", "Roe^Richard"],
+    "PatientID": ["ID1", "ID2"],
+    "PatientBirthDate": ["19700101", "19800101"],
+    "PatientSex": ["F", "M"],
+    "PatientAge": ["042Y", "043Y"],
+    "PatientSize": ["1.7", "1.8"],
+    "PatientWeight": ["70", "71"],
+    "EthnicGroup": ["A", "B"],
+    "IssuerOfPatientID": ["HOSP", "CLINIC"],
+    "AccessionNumber": ["A1", "A2"],
+    "StudyID": ["S1", "S2"],
+    "StudyDate": ["20200101", "20200102"],
+    "StudyTime": ["101010", "111111"],
+    "ReferringPhysicianName": ["Who^Doctor", "What^Doctor"],
+    "StudyDescription": ["Chest", "Abdomen"],
+}
+
+
+class TestValueMultiplicity:
+    def test_the_list_covers_every_copied_attribute_with_vm_1(self):
+        from pydicom.datadict import dictionary_VM
+
+        from medblip_dicom.report import _EVIDENCE_COPY
+
+        multi_value_vrs = {"LO", "PN", "SH", "DA", "TM", "CS", "AS", "DS", "IS", "UI"}
+        vm1 = {k for k in _EVIDENCE_COPY
+               if dictionary_VM(pydicom.datadict.tag_for_keyword(k)) == "1"
+               and pydicom.datadict.dictionary_VR(pydicom.datadict.tag_for_keyword(k)) in multi_value_vrs}
+        uids = {"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"}  # refused by the reader
+        assert vm1 - uids == set(TWO_VALUES)
+
+    @pytest.mark.parametrize("keyword", sorted(TWO_VALUES))
+    def test_two_values_in_a_vm_1_attribute_are_left_out_and_the_sr_stays_valid(self, keyword, ct, captioner,
+                                                                               tmp_path, validate_sr):
+        setattr(ct, keyword, TWO_VALUES[keyword])
+        assert ct[keyword].VM == 2
+        path = write_report(build_report(ct, "caption", captioner.identity), tmp_path)
+        validate_sr(path)  # dciodvfy: zero errors (it reported a VM error here before the check)
+        written = pydicom.dcmread(path)
+        assert written.get(keyword) in (None, "")  # type 2: present but empty; type 3: absent
+
+    def test_vm_rules(self):
+        from medblip_dicom.report import vm_allows
+
+        assert vm_allows("1", 1) and not vm_allows("1", 2) and vm_allows("1", 0)
+        assert vm_allows("1-n", 7) and vm_allows("1-3", 3) and not vm_allows("1-3", 4)
+        assert vm_allows("2-2n", 4) and not vm_allows("2-2n", 3) and not vm_allows("2-2n", 1)
+        assert vm_allows("3", 3) and not vm_allows("3", 2)

@@ -78,3 +78,51 @@ def test_destination_parsing():
     assert str(Destination("PACS", "::1", 104)) == "PACS@[::1]:104"
     with pytest.raises(ConfigError):
         Destination.parse("PACS@host:0")
+
+
+def _documented() -> dict[tuple[str, str], bool]:
+    """Every (section, key) of the README's reference block, and whether its line is marked "example"."""
+    found: dict[tuple[str, str], bool] = {}
+    section = ""
+    for line in readme_toml().splitlines():
+        head = re.match(r"^\[([a-z.]+)\]", line)
+        if head:
+            section = head.group(1)
+            continue
+        entry = re.match(r"^([a-z_]+)\s*=", line)
+        if entry:
+            comment = line.split("#", 1)[1].strip() if "#" in line else ""
+            found[(section, entry.group(1))] = comment.startswith("example")
+    return found
+
+
+def test_the_readme_reference_documents_every_key_and_its_default(tmp_path):
+    """The README block is the one reference: complete, and where a value is not marked as an example
+    it is the default the code uses."""
+    from dataclasses import fields, is_dataclass
+
+    from medblip_dicom.integrations.config import _SECTIONS, ServiceConfig
+
+    code: dict[tuple[str, str], object] = {}
+    defaults = ServiceConfig()
+    for name, cls in _SECTIONS.items():
+        for f in fields(cls):
+            value = getattr(getattr(defaults, name), f.name)
+            if is_dataclass(value):  # a sub-table such as [node.tls]
+                for sub in fields(value):
+                    code[(f"{name}.{f.name}", sub.name)] = getattr(value, sub.name)
+            else:
+                code[(name, f.name)] = value
+    documented = _documented()
+    assert set(documented) == set(code), ("missing from the README: ", sorted(set(code) - set(documented)),
+                                          "not in the code: ", sorted(set(documented) - set(code)))
+    path = tmp_path / "reference.toml"
+    path.write_text(readme_toml())
+    parsed = load_config(path)
+    for (section, key), example in documented.items():
+        if example:
+            continue
+        top, _, sub = section.partition(".")
+        holder = getattr(getattr(parsed, top), sub) if sub else getattr(parsed, top)
+        assert getattr(holder, key) == code[(section, key)], f"[{section}] {key}: the README says "\
+            f"{getattr(holder, key)!r}, the default is {code[(section, key)]!r}"

@@ -7,7 +7,9 @@ import socket
 import time
 
 import pydicom
-from integration_helpers import free_port, make_config, pynetdicom_scp, reissued, wait_for
+from tests.support.dicom import reissued
+from tests.support.env import free_port, wait_for
+from tests.support.services import make_config, pynetdicom_scp
 from pynetdicom.sop_class import ComprehensiveSRStorage
 
 from medblip_dicom.integrations.config import Destination
@@ -123,7 +125,7 @@ def test_study_quiet_time_holds_reports_then_sends_them_together(tmp_path, td, r
 
 def test_forwarding_over_tls_to_a_node_that_requires_client_certificates(tmp_path, td, tool, run_service):
     """Two of our own services: node B (TLS, client certificates required) is A's destination."""
-    from integration_helpers import make_certificates
+    from tests.support.services import make_certificates
 
     certs = make_certificates(tmp_path / "certs", tool("openssl"))
     b_out = tmp_path / "b-out"

@@ -12,17 +12,10 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import JPEG2000Lossless
 
-from integration_helpers import (
-    PATIENT_ID,
-    PATIENT_NAME,
-    assert_no_patient_data,
-    free_port,
-    make_certificates,
-    make_config,
-    reissued,
-    run_tool,
-    wait_for,
-)
+from tests.support.dicom import reissued
+from tests.support.env import free_port, run_tool, wait_for
+from tests.support.privacy import PATIENT_ID, PATIENT_NAME, assert_no_patient_data
+from tests.support.services import make_certificates, make_config
 
 from medblip_dicom.integrations.spool import JobState
 

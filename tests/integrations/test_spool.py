@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from integration_helpers import reissued
 
-from medblip_dicom.integrations.spool import (
-    JobState,
-    Spool,
-    SpoolFullError,
-    content_offset,
-    safe_relative_name,
-)
+from medblip_dicom.dicomfile import content_offset
+from medblip_dicom.integrations.spool import JobState, Spool, SpoolFullError
+from medblip_dicom.integrations.spool.files import safe_relative_name
+from tests.support.dicom import reissued
 
 
 @pytest.fixture
@@ -187,7 +183,8 @@ def test_recovery_finishes_interrupted_moves_and_removes_orphans(tmp_path, td):
         os.utime(orphan, (old, old))
     # A crash right after the journal said "failed" and before the input was moved:
     db = sqlite3.connect(root / "journal.sqlite")
-    db.execute("UPDATE jobs SET state='failed', reason='InvalidDicomError: test', disposed=0 WHERE id=?", (job.id,))
+    db.execute("UPDATE jobs SET state='failed', error_class='InvalidDicomError', reason='test', disposed=0 WHERE id=?",
+               (job.id,))
     db.commit()
     db.close()
     with Spool(root, min_free_bytes=0) as spool:

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from integration_helpers import PATIENT_ID, PATIENT_NAME, assert_no_patient_data, make_config, reissued, wait_for
+from tests.support.dicom import reissued
+from tests.support.env import wait_for
+from tests.support.privacy import PATIENT_ID, PATIENT_NAME, assert_no_patient_data
+from tests.support.services import make_config
 
-from medblip_dicom.cli import main
+from medblip_dicom.apps.main import main
 from medblip_dicom.integrations.spool import JobState, Spool
 from medblip_dicom.integrations.watch import InboxWatcher
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from integration_helpers import reissued, wait_for
+from tests.support.dicom import reissued
+from tests.support.env import wait_for
 
 from medblip_dicom.integrations.spool import JobState, Spool
+from medblip_dicom.report_view import CaptionReport
 from medblip_dicom.integrations.worker import Worker
 
 
@@ -69,9 +71,11 @@ def test_outcomes_reported_skipped_failed(spool, captioner, td, tmp_path):
     report = spool.root / spool.job(good.job_id).reports[0]
     assert pydicom.dcmread(report).SOPInstanceUID == spool.job(good.job_id).sr_sop_instance_uid
     skipped = spool.job(sr.job_id)
-    assert skipped.state is JobState.SKIPPED and skipped.reason.startswith("NotAnImageError:")
+    assert skipped.state is JobState.SKIPPED and skipped.error_class == "NotAnImageError"
+    assert skipped.error.startswith("NotAnImageError: ") and str(spool.root) not in skipped.reason
     failed = spool.job(bad.job_id)
-    assert failed.state is JobState.FAILED and failed.reason.startswith("InvalidDicomError:")
+    assert failed.state is JobState.FAILED and failed.error_class == "InvalidDicomError"
+    assert "truncated" in failed.reason and not failed.reason.startswith(("job ", "InvalidDicomError"))
     text = (tmp_path / "failed" / "trunc.dcm.reason.txt").read_text()
     assert "error: InvalidDicomError" in text and f"job: {bad.job_id}" in text
     assert str(spool.root) not in text
@@ -111,7 +115,7 @@ def test_model_that_keeps_failing_fails_the_job_after_a_few_attempts(spool, capt
 
 
 def test_picture_is_a_valid_secondary_capture_of_the_image_with_its_caption(spool, captioner, td, tool):
-    from integration_helpers import run_tool
+    from tests.support.env import run_tool
 
     dciodvfy = tool("dciodvfy")
     worker = Worker(spool, captioner, batch_size=2, prepare_workers=0, picture=True)
@@ -128,7 +132,7 @@ def test_picture_is_a_valid_secondary_capture_of_the_image_with_its_caption(spoo
     assert sc.SeriesInstanceUID not in (sr.SeriesInstanceUID, source.SeriesInstanceUID)
     assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    caption = sr.ContentSequence[-1].ContentSequence[0].TextValue
+    caption = CaptionReport.from_dataset(sr).caption
     assert caption in sc.ImageComments and "machine-generated" in sc.ImageComments
     pixels = sc.pixel_array
     assert pixels.shape[1] >= 512 and pixels.shape[2] == 3

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from integration_helpers import make_config, reissued, wait_for
+from tests.support.dicom import reissued
+from tests.support.env import wait_for
+from tests.support.services import make_config
 
 from medblip_dicom.integrations.config import ConfigError, config_from_dict
 from medblip_dicom.integrations.service import Service
@@ -188,15 +190,15 @@ def test_jobs_of_a_crashed_worker_process_count_attempts_then_fail(tmp_path, td)
         job = spool.add_file(path, origin="node", name=path.name).job_id
 
         def held_by_dead_worker() -> None:
-            with spool._write() as db:  # as a worker process (pid 999999999, gone) would hold it
+            with spool.journal.write() as db:  # as a worker process (pid 999999999, gone) would hold it
                 db.execute("UPDATE jobs SET state='processing', owner='999999999:abcdefabcdef' WHERE id=?", (job,))
 
         held_by_dead_worker()
-        assert spool.release_claims_of_dead_process(999999999, max_attempts=2, reason="died") == 0
+        assert spool.release_process(999999999, max_attempts=2, error_class="Died", reason="died").failed == []
         first = spool.job(job)
         assert (first.state, first.attempts, first.owner) == (JobState.RECEIVED, 1, None)
         held_by_dead_worker()
-        assert spool.release_claims_of_dead_process(999999999, max_attempts=2, reason="the worker died") == 1
+        assert spool.release_process(999999999, max_attempts=2, error_class="Died", reason="the worker died").failed == [job]
         last = spool.job(job)
-        assert (last.state, last.reason) == (JobState.FAILED, "the worker died")
+        assert (last.state, last.error_class, last.reason) == (JobState.FAILED, "Died", "the worker died")
         assert len(list((root / "failed").glob("*.reason.txt"))) == 1  # the input is kept, with its reason

@@ -16,30 +16,16 @@ from pathlib import Path
 
 import pydicom
 
-from reliability_helpers import (
-    PATIENT_ID,
-    PATIENT_NAME,
-    PEAK_RSS_BOUND,
-    BadInput,
-    check_exactly_one_sr_each,
-    check_output_folder,
-    drop_into,
-    journal_rows,
-    load_template,
-    make_bad_inputs,
-    make_good_files,
-    mib,
-    pending,
-    requested_contexts,
-    scaled,
-    scan_for_patient_data,
-    seed,
-    service_config,
-    validate_srs,
-    wait_for,
-)
+from tests.support.checks import check_exactly_one_sr_each, check_output_folder, validate_srs
+from tests.support.dicom import load_template, requested_contexts
+from tests.support.env import wait_for
+from tests.support.figures import PEAK_RSS_BOUND, mib, scaled, seed
+from tests.support.inputs import BadInput, drop_into, make_bad_inputs, make_good_files
+from tests.support.journal import journal_rows, pending
+from tests.support.privacy import PATIENT_ID, PATIENT_NAME, scan_for_patient_data
+from tests.support.services import service_config
 
-from integration_helpers import free_port
+from tests.support.env import free_port
 
 #: A valid image carrying a private element this large: captioned, and memory stays bounded.
 BIG_PRIVATE_BYTES = 48 * 2**20

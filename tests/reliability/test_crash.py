@@ -27,25 +27,16 @@ from pathlib import Path
 
 import pytest
 
-from reliability_helpers import (
-    SendLedger,
-    StoreSender,
-    check_exactly_one_sr_each,
-    check_output_folder,
-    drop_into,
-    journal_rows,
-    make_good_files,
-    mib,
-    pending,
-    scaled,
-    scan_for_patient_data,
-    seed,
-    service_config,
-    validate_srs,
-    wait_for,
-)
+from tests.support.checks import check_exactly_one_sr_each, check_output_folder, validate_srs
+from tests.support.env import wait_for
+from tests.support.figures import mib, scaled, seed
+from tests.support.inputs import drop_into, make_good_files
+from tests.support.journal import journal_rows, pending
+from tests.support.privacy import scan_for_patient_data
+from tests.support.sender import SendLedger, StoreSender
+from tests.support.services import service_config
 
-from integration_helpers import free_port
+from tests.support.env import free_port
 
 NODE_PHASES = ("receiving", "mid-batch", "writing SRs", "forwarding", "copying to the output folder", "random")
 WATCH_PHASES = ("taking inputs", "mid-batch", "writing SRs", "moving to done", "random")
@@ -234,7 +225,7 @@ def test_sigkill_node_while_receiving_captioning_writing_and_forwarding(
     resent = [r for r in rows if r["state"] == "skipped"]
     assert all(r["reason"].startswith("duplicate of job") for r in resent), [r["reason"] for r in resent][:3]
     lost, duplicates = check_exactly_one_sr_each(check_output_folder(out), ledger.confirmed, weights_sha256)
-    from reliability_helpers import expected_sr_uid
+    from tests.support.checks import expected_sr_uid
 
     assert orthanc_sr_uids(pacs) == {expected_sr_uid(uid, weights_sha256) for uid in files}
     assert_spool_clean(spool)

@@ -12,27 +12,16 @@ import threading
 import time
 from pathlib import Path
 
-from reliability_helpers import (
-    FLOOD_TEMPLATES,
-    PEAK_RSS_BOUND,
-    check_exactly_one_sr_each,
-    check_output_folder,
-    drop_into,
-    journal_rows,
-    make_good_files,
-    mib,
-    pending,
-    requested_contexts,
-    scale,
-    scaled,
-    scan_for_patient_data,
-    seed,
-    service_config,
-    validate_srs,
-    wait_for,
-)
+from tests.support.checks import check_exactly_one_sr_each, check_output_folder, validate_srs
+from tests.support.dicom import requested_contexts
+from tests.support.env import wait_for
+from tests.support.figures import PEAK_RSS_BOUND, mib, scale, scaled, seed
+from tests.support.inputs import FLOOD_TEMPLATES, drop_into, make_good_files
+from tests.support.journal import journal_rows, pending
+from tests.support.privacy import scan_for_patient_data
+from tests.support.services import service_config
 
-from integration_helpers import free_port
+from tests.support.env import free_port
 
 
 

@@ -16,22 +16,17 @@ from pathlib import Path
 
 import pydicom
 
-from reliability_helpers import (
-    check_exactly_one_sr_each,
-    journal_rows,
-    make_good_files,
-    mib,
-    pending,
-    scaled,
-    scan_for_patient_data,
-    seed,
-    service_config,
-    sr_source_uid,
-    validate_srs,
-    wait_for,
-)
+from tests.support.checks import check_exactly_one_sr_each, validate_srs
+from tests.support.dicom import sr_source_uid
+from tests.support.env import wait_for
+from tests.support.figures import mib, scaled, seed
+from tests.support.inputs import make_good_files
+from tests.support.journal import journal_rows, pending
+from tests.support.privacy import scan_for_patient_data
+from tests.support.services import service_config
 
-from integration_helpers import free_port, pynetdicom_scp, run_tool
+from tests.support.env import free_port, run_tool
+from tests.support.services import pynetdicom_scp
 
 
 def save_received(event, folder: Path) -> Path:  # noqa: ANN001
@@ -165,7 +160,7 @@ def test_permanently_rejecting_destination_is_not_retried(tmp_path: Path, tiny_m
     assert all(r["state"] == "failed" and r["attempts"] == 0 for r in rows), [(r["state"], r["attempts"]) for r in rows]
     assert Counter(r["dicom_status"] for r in rows) == Counter(answered)
     for r in rows:
-        assert r["reason"].startswith("DestinationRejected:"), r["reason"]
+        assert r["error_class"] == "DestinationRejected" and "refused" in r["reason"], r
         final = Path(r["final_path"])
         reason = final.with_name(final.name + ".reason.txt").read_text()
         assert f"dicom_status: 0x{r['dicom_status']:04X}" in reason

@@ -24,19 +24,15 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from reliability_helpers import (
-    check_output_folder,
-    journal_rows,
-    listening_addresses,
-    load_template,
-    pending,
-    scan_for_patient_data,
-    service_config,
-    validate_srs,
-    wait_for,
-)
+from tests.support.checks import check_output_folder, validate_srs
+from tests.support.dicom import load_template
+from tests.support.env import wait_for
+from tests.support.journal import journal_rows, pending
+from tests.support.privacy import scan_for_patient_data
+from tests.support.services import listening_addresses, service_config
 
-from integration_helpers import free_port, make_certificates, run_tool
+from tests.support.env import free_port, run_tool
+from tests.support.services import make_certificates
 
 
 def test_allow_list_tls_and_loopback_on_the_running_service(tmp_path: Path, tiny_model_dir, services, tool, figures,
@@ -246,7 +242,7 @@ def test_model_with_pickled_code_is_refused(tmp_path: Path, tiny_model_dir, figu
 
 
 def test_checkpoint_with_pickled_code_is_refused_on_resume(tmp_path: Path, tiny_model_dir, capsys, figures):
-    from medblip_dicom.cli import main
+    from medblip_dicom.apps.main import main
     from medblip_dicom.training.checkpoints import latest_checkpoint
     from medblip_dicom.training.synthetic import write_dataset
 

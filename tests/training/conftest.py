@@ -27,6 +27,6 @@ def kaggle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 'small' BLIP (64 px) to train from scratch."""
-    from medblip_dicom.demo_model import build_blip_model
+    from medblip_dicom.training.demo_model import build_blip_model
 
     return build_blip_model(tmp_path_factory.mktemp("models") / "small-blip", size="small", seed=0)

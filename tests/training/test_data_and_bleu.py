@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import torch
 
-from medblip_dicom.demo_model import roco_captions
+from medblip_dicom.training.demo_model import roco_captions
 from medblip_dicom.pixels import dataset_to_image
 from medblip_dicom.training.bleu import bleu_scores, tokenize
 from medblip_dicom.training.data import DEFAULT_MAX_LENGTH, CaptionCollator, CaptionDataset, EpochShuffleSampler

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from medblip_dicom import caption_dicom
-from medblip_dicom.cli import main
+from medblip_dicom.apps.main import main
 from medblip_dicom.training.config import TrainConfig
 from medblip_dicom.training.trainer import train
 

@@ -1,15 +1,15 @@
 """The deployment subcommands of ``medblip``: ``watch``, ``node`` and ``status``.
 
-:func:`add_commands` registers them on the parser built in :mod:`medblip_dicom.cli`. Nothing heavy
-is imported here at module level (no pynetdicom, watchdog or torch); each handler imports what it
-needs. Handlers return the exit status: 0 fine, 1 some inputs failed or the service stopped on an
-error, 2 configuration or usage errors.
+Thin handlers over :mod:`medblip_dicom.integrations`: each reads the configuration, checks that the
+packages it needs import (before any model is loaded) and runs a
+:class:`~medblip_dicom.integrations.service.Service`. Nothing heavy is imported at module level.
+Exit codes as in :mod:`medblip_dicom.apps.common`: a configuration that cannot work (or a model
+that does not load) is 2; a runtime error such as a port in use or a full disk is 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -18,9 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, missing_packages, say_error
 
 WATCH_EXAMPLE = """\
 examples:
@@ -58,12 +56,6 @@ oldest pending job with its last delivery error. Reads the journal only; safe wh
 """
 
 
-def _add_verbosity(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None,
                         help="BLIP model directory (save_pretrained: model + processor) or a cached hub id")
@@ -72,14 +64,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="send each SR to this Storage SCP, e.g. a PACS ([forward] destination)")
     parser.add_argument("--config", "-c", type=Path, default=None, help="TOML configuration file")
     parser.add_argument("--spool", type=Path, default=None,
-                        help="spool folder on a local disk ([spool] dir, default ./medblip-spool)")
+                        help="spool folder on a local disk ([spool] dir; default $XDG_STATE_HOME/medblip/spool, "
+                        "i.e. ~/.local/state/medblip/spool)")
     parser.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                         help="compute precision")
     parser.add_argument("--batch-size", type=int, default=None, help="images per model call ([worker] batch_size)")
     parser.add_argument("--picture", action="store_true", default=None,
                         help="also write a Secondary Capture picture with the caption ([output] picture)")
-    _add_verbosity(parser)
+    add_verbosity(parser)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -95,7 +88,7 @@ def add_commands(subparsers: Any) -> None:
     watch.add_argument("--poll", action="store_true", default=None,
                        help="poll instead of file system events (network shares)")
     _add_common(watch)
-    watch.set_defaults(func=cmd_watch)
+    watch.set_defaults(func=cmd_watch, service=True)
 
     node = subparsers.add_parser(
         "node", help="run a DICOM node (Storage SCP) that captions what it receives",
@@ -108,14 +101,15 @@ def add_commands(subparsers: Any) -> None:
     node.add_argument("--allow", action="append", default=None, metavar="AET",
                       help="allow this calling AE title (repeatable; default: any)")
     _add_common(node)
-    node.set_defaults(func=cmd_node)
+    node.set_defaults(func=cmd_node, service=True)
 
     status = subparsers.add_parser(
         "status", help="show a spool's queue depth, done, failed and oldest pending job",
         description="Show what a spool holds.",
         epilog=STATUS_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("--spool", type=Path, default=None, help="the spool folder (default ./medblip-spool)")
+    status.add_argument("--spool", type=Path, default=None,
+                        help="the spool folder (default $XDG_STATE_HOME/medblip/spool, i.e. ~/.local/state/medblip/spool)")
     status.add_argument("--config", "-c", type=Path, default=None, help="take the spool folder from this file")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
@@ -129,17 +123,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "output": {"dir": args.out, "picture": args.picture},
         "forward": {"destination": args.forward},
     }
-
-
-def _log_level(args: argparse.Namespace) -> None:
-    """Services log their work (UIDs, states, timings) at INFO unless --quiet."""
-    level = logging.DEBUG if getattr(args, "verbose", False) else \
-        logging.WARNING if getattr(args, "quiet", False) else logging.INFO
-    logging.getLogger("medblip_dicom").setLevel(level)
-    # pynetdicom's INFO/DEBUG lines describe every PDU; keep them for --verbose only.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 @contextmanager
@@ -160,6 +143,29 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _cannot_start() -> tuple[type[BaseException], ...]:
+    """Errors meaning the service cannot run as configured (exit 2), not that it failed at work (exit 1)."""
+    from medblip_dicom.errors import MissingDependencyError, ModelLoadError
+    from medblip_dicom.integrations.config import ConfigError
+    from medblip_dicom.integrations.workerproc import WorkerStartError
+
+    return (ConfigError, ModelLoadError, MissingDependencyError, WorkerStartError)
+
+
+def _load(name: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> Any:
+    """The configuration from --config and the flags; None (after saying why) when it cannot work."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.config import load_config
+
+    overrides = _overrides(args)
+    overrides.update(extra)
+    try:
+        return load_config(args.config, overrides)
+    except MedblipError as exc:
+        say_error(name, exc)
+        return None
+
+
 def _run_service(name: str, config: Any, *, watch: bool, node: bool, stop: threading.Event | None = None) -> int:
     from medblip_dicom.errors import MedblipError
     from medblip_dicom.integrations.service import Service
@@ -167,50 +173,53 @@ def _run_service(name: str, config: Any, *, watch: bool, node: bool, stop: threa
     try:
         service = Service(config, watch=watch, node=node)
     except MedblipError as exc:
-        print(f"medblip {name}: {exc}", file=sys.stderr)
+        say_error(name, exc)
         return EXIT_USAGE
     stop = stop or threading.Event()
     with _stop_on_signals(stop):
         try:
             service.run(stop)
-        except (MedblipError, OSError) as exc:
-            print(f"medblip {name}: {exc}", file=sys.stderr)
+        except _cannot_start() as exc:
+            say_error(name, exc)
             return EXIT_USAGE
+        except (MedblipError, OSError) as exc:
+            say_error(name, exc)
+            return EXIT_FAILED
     if service.error is not None:
-        print(f"medblip {name}: stopped on an error: {type(service.error).__name__}: {service.error}", file=sys.stderr)
+        say_error(name, f"stopped on an error: {type(service.error).__name__}: {service.error}")
         return EXIT_FAILED
     return EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run ``medblip watch``."""
-    from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.config import load_config
-
-    _log_level(args)
-    overrides = _overrides(args)
-    overrides["watch"] = {"inbox": args.inbox, "poll": args.poll}
-    try:
-        config = load_config(args.config, overrides)
-    except MedblipError as exc:
-        print(f"medblip watch: {exc}", file=sys.stderr)
+    missing = missing_packages(None, ("watchdog",))
+    if missing:
+        say_error("watch", missing)
+        return EXIT_USAGE
+    config = _load("watch", args, {"watch": {"inbox": args.inbox, "poll": args.poll}})
+    if config is None:
         return EXIT_USAGE
     if config.watch.inbox is None:
-        print("medblip watch: give the INBOX folder (or [watch] inbox in --config)", file=sys.stderr)
+        say_error("watch", "give the INBOX folder (or [watch] inbox in --config)")
         return EXIT_USAGE
     if not args.once:
         return _run_service("watch", config, watch=True, node=False)
 
+    from medblip_dicom.errors import MedblipError
     from medblip_dicom.integrations.service import Service
 
     if not config.watch.inbox.is_dir():
-        print(f"medblip watch: {config.watch.inbox} is not a folder", file=sys.stderr)
+        say_error("watch", f"{config.watch.inbox} is not a folder")
         return EXIT_USAGE
     try:
         result = Service(config, watch=True).run_once()
-    except MedblipError as exc:
-        print(f"medblip watch: {exc}", file=sys.stderr)
+    except _cannot_start() as exc:
+        say_error("watch", exc)
         return EXIT_USAGE
+    except (MedblipError, OSError) as exc:
+        say_error("watch", exc)
+        return EXIT_FAILED
     print(f"took {result.taken} file(s): {result.delivered} delivered, {result.skipped} skipped, "
           f"{result.failed} failed, {result.waiting} still waiting in the spool", file=sys.stderr)
     return EXIT_FAILED if result.failed or result.waiting else EXIT_OK
@@ -218,23 +227,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Run ``medblip node``."""
-    from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.config import load_config
-
-    _log_level(args)
-    overrides = _overrides(args)
-    overrides["node"] = {"ae_title": args.ae_title, "port": args.port, "host": args.host,
-                         "allowed_calling_aets": args.allow}
-    try:
-        config = load_config(args.config, overrides)
-    except MedblipError as exc:
-        print(f"medblip node: {exc}", file=sys.stderr)
+    missing = missing_packages(None, ("pynetdicom",))
+    if missing:
+        say_error("node", missing)
+        return EXIT_USAGE
+    config = _load("node", args, {"node": {"ae_title": args.ae_title, "port": args.port, "host": args.host,
+                                           "allowed_calling_aets": args.allow}})
+    if config is None:
         return EXIT_USAGE
     return _run_service("node", config, watch=False, node=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Run ``medblip status``."""
+    """Run ``medblip status``: exit 2 when the folder given is not a spool."""
     from medblip_dicom.errors import MedblipError
     from medblip_dicom.integrations.config import load_config
     from medblip_dicom.integrations.spool import open_readonly_summary
@@ -244,7 +249,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         spool = args.spool or load_config(args.config).spool.dir
         summary = open_readonly_summary(spool)
     except MedblipError as exc:
-        print(f"medblip status: {exc}", file=sys.stderr)
+        say_error("status", exc)
         return EXIT_USAGE
     print(format_json(str(spool), summary) if args.json else format_summary(str(spool), summary))
     return EXIT_OK

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 
-from medblip_dicom.cli import main
+from medblip_dicom.apps.main import main
 
 
 def test_caption_chest_xray_writes_a_valid_sr(tiny_model_dir, td, tmp_path, capsys, validate_sr):
@@ -69,7 +69,7 @@ def test_generation_flags_are_validated(tiny_model_dir, td, capsys):
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = "import sys, medblip_dicom.cli; print(sorted(m for m in ('torch', 'transformers', 'highdicom') if m in sys.modules))"
+    code = "import sys, medblip_dicom.apps.main; print(sorted(m for m in ('torch', 'transformers', 'highdicom') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     exe = shutil.which("medblip", path=str(Path(sys.executable).parent)) or shutil.which("medblip")

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 from PIL import Image
 
-from medblip_dicom.cli import main
+from medblip_dicom.apps.main import main
 
 
 def test_caption_preview_png_shows_image_and_caption(tiny_model_dir, td, tmp_path, capsys):

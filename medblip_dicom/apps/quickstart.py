@@ -14,10 +14,13 @@ working, not radiology. Progress goes through the `say` callback (the CLI prints
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, missing_packages, say_error
 
 #: The real DICOM images the quickstart captions: (pydicom test file, what it is).
 SAMPLES = (
@@ -46,7 +49,7 @@ def run_quickstart(out: str | os.PathLike[str], *, epochs: int = 30, say: Callab
     from medblip_dicom.api import CaptionFailure, caption_dicoms
     from medblip_dicom.preview import write_preview
     from medblip_dicom.reading import read_image
-    from medblip_dicom.srtree import render
+    from medblip_dicom.apps.show_sr import render
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +99,7 @@ def run_quickstart(out: str | os.PathLike[str], *, epochs: int = 30, say: Callab
 
 
 def _train(out: Path, epochs: int, say: Callable[[str], None], progress: bool) -> None:
-    from medblip_dicom.demo_model import build_blip_model
+    from medblip_dicom.training.demo_model import build_blip_model
     from medblip_dicom.training.config import TrainConfig
     from medblip_dicom.training.synthetic import write_dataset
     from medblip_dicom.training.trainer import train
@@ -113,3 +116,33 @@ def _train(out: Path, epochs: int, say: Callable[[str], None], progress: bool) -
                          lr=2e-3, seed=0, device="cpu", max_length=24, keep_last=1, model_name="medblip-quickstart-demo")
     state = train(config, progress=progress)
     say(f"    validation BLEU-4 {state['best_metric']:.3f} (epoch {state['best_epoch']})")
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``medblip quickstart``."""
+    quick = sub.add_parser("quickstart", help="train a demo model offline and caption real DICOM images with it",
+                           description="Offline end to end: generate a data set, train a small BLIP (about a "
+                           "minute on a CPU, cached), caption real DICOM images, write and show the SRs.",
+                           epilog="examples:\n  medblip quickstart\n  medblip quickstart --out /tmp/mq",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    quick.add_argument("--out", type=Path, default=Path("medblip-quickstart"),
+                       help="where everything goes (default ./medblip-quickstart)")
+    quick.add_argument("--epochs", type=int, default=30, help="training epochs of the demo model (default 30)")
+    add_verbosity(quick)
+    quick.set_defaults(func=cmd_quickstart)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Run ``medblip quickstart``."""
+    from medblip_dicom.errors import MedblipError
+
+    missing = missing_packages("quickstart")
+    if missing:
+        say_error("quickstart", missing)
+        return EXIT_USAGE
+    try:
+        run_quickstart(args.out, epochs=args.epochs, say=print, progress=not args.quiet)
+    except (MedblipError, OSError) as exc:
+        say_error("quickstart", exc)
+        return EXIT_FAILED
+    return EXIT_OK

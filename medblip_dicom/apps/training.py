@@ -1,6 +1,7 @@
-"""``medblip train`` and ``medblip evaluate``: registered by :func:`add_commands`.
+"""``medblip train`` and ``medblip evaluate``: thin handlers over :mod:`medblip_dicom.training`.
 
-Module-level imports stay light (argparse only), so ``medblip --help`` stays fast.
+Module-level imports stay light (argparse only), so ``medblip --help`` stays fast. Both check that
+the ``[train]`` extra is installed before anything is loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, missing_packages, say_error
 
 TRAIN_EXAMPLE = """\
 examples:
@@ -65,8 +68,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                        help="skip the image check (not recommended)")
     train.add_argument("--model-name", dest="model_name", help="name recorded in the exported model and every SR")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    train.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="caption a split and report BLEU",
@@ -83,13 +85,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     ev.add_argument("--num-beams", type=int, default=3)
     ev.add_argument("--max-new-tokens", type=int, default=60)
     ev.add_argument("--max-samples", type=int, default=None)
-    ev.add_argument("-q", "--quiet", action="store_true")
-    ev.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(ev)
     ev.set_defaults(func=cmd_evaluate)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``medblip train``."""
+    missing = missing_packages("train")
+    if missing:
+        say_error("train", missing)
+        return EXIT_USAGE
     from medblip_dicom.errors import MedblipError
     from medblip_dicom.training.config import TrainConfig
     from medblip_dicom.training.trainer import train
@@ -100,25 +105,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig.from_sources(args.config, {n: getattr(args, n) for n in names})
     except (ValueError, OSError) as exc:
-        print(f"medblip train: {exc}", file=sys.stderr)
-        return 2
+        say_error("train", exc)
+        return EXIT_USAGE
     try:
         state = train(config, resume=args.resume, progress=not args.quiet)
-    except (MedblipError, ValueError) as exc:
-        print(f"medblip train: {exc}", file=sys.stderr)
-        return 1
+    except (MedblipError, ValueError, OSError) as exc:
+        say_error("train", exc)
+        return EXIT_FAILED
     best = Path(config.out) / "best"
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return 0
+        return EXIT_OK
     print(f"best validation BLEU-4 {state['best_metric']:.4f} at epoch {state['best_epoch']}; model in {best}",
           file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Run ``medblip evaluate``."""
-    from medblip_dicom.captioner import Captioner, GenerationSettings
+    """Run ``medblip evaluate``: exit 2 when the model or data cannot be loaded, 1 when scoring failed."""
+    missing = missing_packages("train")
+    if missing:
+        say_error("evaluate", missing)
+        return EXIT_USAGE
+    from medblip_dicom.captioner import Captioner
     from medblip_dicom.errors import MedblipError
+    from medblip_dicom.generation import GenerationSettings
     from medblip_dicom.training.evaluation import evaluate_model
     from medblip_dicom.training.records import load_records, normalise_split
     from medblip_dicom.training.validation import validate_records
@@ -128,18 +138,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings = GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=1)
         captioner = Captioner.load(args.model, device=args.device, dtype=args.dtype, settings=settings)
         records = load_records(args.data, split, args.subset)
+    except (MedblipError, ValueError, OSError) as exc:
+        say_error("evaluate", exc)
+        return EXIT_USAGE
+    try:
         if args.max_samples:
             records = records[: args.max_samples]
         report = validate_records(records)
         if report.dropped:
-            print(f"medblip evaluate: skipped {len(report.dropped)} unusable rows: "
-                  f"{ {k: v for k, v in report.counts.items() if k not in ('kept', 'dropped') and v} }",
-                  file=sys.stderr)
+            say_error("evaluate", f"skipped {len(report.dropped)} unusable rows: "
+                      f"{ {k: v for k, v in report.counts.items() if k not in ('kept', 'dropped') and v} }")
         out = args.out or Path(args.model) / "evaluation" / split
         metrics = evaluate_model(captioner, report.kept, out, batch_size=args.batch_size, progress=not args.quiet)
     except (MedblipError, ValueError, OSError) as exc:
-        print(f"medblip evaluate: {exc}", file=sys.stderr)
-        return 1
+        say_error("evaluate", exc)
+        return EXIT_FAILED
     print(f"predictions and metrics in {out}", file=sys.stderr)
     print(json.dumps(metrics))
-    return 0
+    return EXIT_OK

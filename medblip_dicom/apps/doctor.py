@@ -8,11 +8,14 @@ DICOM node's port is free.
 
 from __future__ import annotations
 
+import argparse
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, say_error
+from medblip_dicom.systemtools import TOOLS, find_system_tool
 
 #: Transfer syntaxes a hospital sends, by name.
 TRANSFER_SYNTAXES = (
@@ -21,30 +24,6 @@ TRANSFER_SYNTAXES = (
     "JPEGLSNearLossless", "JPEG2000Lossless", "JPEG2000", "HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K",
     "RLELossless",
 )
-
-TOOLS = {
-    "dcmsend": "dcmtk", "storescu": "dcmtk", "echoscu": "dcmtk", "storescp": "dcmtk", "dsrdump": "dcmtk",
-    "dciodvfy": "dicom3tools",
-}
-
-
-def find_system_tool(name: str) -> str | None:
-    """Path of a DICOM command-line tool from the system (dcmtk, dicom3tools, Orthanc).
-
-    pynetdicom installs Python apps called ``echoscu``, ``storescu``, ``findscu``... into the
-    virtual environment's ``bin``; when that environment is active they shadow dcmtk's tools of the
-    same name, whose options differ. Folders inside the running Python's prefix are skipped.
-    """
-    import sys
-
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix)}
-    folders = [d for d in os.environ.get("PATH", "").split(os.pathsep)
-               if d and not any(os.path.realpath(d).startswith(p + os.sep) for p in prefixes)]
-    found = shutil.which(name, path=os.pathsep.join(folders))
-    if found is None and name == "Orthanc" and os.access("/usr/sbin/Orthanc", os.X_OK):
-        found = "/usr/sbin/Orthanc"  # Debian installs it outside an ordinary PATH
-    return found
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -174,3 +153,34 @@ def format_findings(findings: list[Finding]) -> str:
     problems = sum(f.status != "ok" for f in findings)
     lines.append(f"{problems} problem(s) found" if problems else "everything looks fine")
     return "\n".join(lines)
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``medblip doctor``."""
+    doctor = sub.add_parser("doctor", help="check decoders, device, model cache, DICOM tools and ports",
+                            description="Report what this installation can do and what to do about problems.",
+                            epilog="examples:\n  medblip doctor\n  medblip doctor --config medblip.toml",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("--config", type=Path, default=None, help="service TOML file (for the node's host and port)")
+    doctor.add_argument("--host", default=None, help="address the node would bind (default 127.0.0.1)")
+    doctor.add_argument("--port", type=int, default=None, help="port the node would listen on (default 11112)")
+    doctor.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run ``medblip doctor``; exit 1 when a check failed (warnings do not count)."""
+    from medblip_dicom.errors import MedblipError
+
+    host, port = "127.0.0.1", 11112
+    if args.config is not None:
+        try:
+            from medblip_dicom.integrations.config import load_config
+
+            node = load_config(args.config).node
+            host, port = node.host, node.port
+        except MedblipError as exc:
+            say_error("doctor", exc)
+            return EXIT_USAGE
+    findings = run_checks(args.host or host, args.port if args.port is not None else port)
+    print(format_findings(findings))
+    return EXIT_FAILED if any(f.status == "fail" for f in findings) else EXIT_OK

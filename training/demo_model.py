@@ -47,8 +47,8 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
 
 
 def roco_captions() -> list[str]:
-    """The 3,388 real ROCO captions shipped in ``medblip_dicom/data/roco_captions`` (CC BY / CC0)."""
-    text = resources.files("medblip_dicom").joinpath("data/roco_captions/captions.txt").read_text(encoding="utf-8")
+    """The 3,388 real ROCO captions shipped in ``medblip_dicom/training/roco_captions`` (CC BY / CC0)."""
+    text = resources.files("medblip_dicom.training").joinpath("roco_captions/captions.txt").read_text(encoding="utf-8")
     captions = []
     for line in text.splitlines():
         _, _, caption = line.partition("\t")

@@ -1,0 +1,57 @@
+"""Building a service's parts from its configuration, once, for whichever process runs them.
+
+The service (:mod:`.service`) and its worker process (:mod:`.workerproc`) both build the model, the
+spool and the worker from one :class:`~medblip_dicom.integrations.config.ServiceConfig`; the
+builders live here so that neither module imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from medblip_dicom.integrations.config import ConfigError, ServiceConfig
+from medblip_dicom.integrations.spool import Spool
+
+if TYPE_CHECKING:
+    from medblip_dicom.captioner import Captioner
+    from medblip_dicom.integrations.delivery import Delivery
+    from medblip_dicom.integrations.spool.spool import Bell
+    from medblip_dicom.integrations.worker import Worker
+
+
+def load_captioner(config: ServiceConfig) -> Captioner:
+    """Load the configured model once, with the configured generation settings."""
+    from medblip_dicom.captioner import Captioner
+
+    m = config.model
+    if not m.path:
+        raise ConfigError("[model] path: no model given; pass --model or set it in the config file")
+    return Captioner.load(m.path, device=m.device, dtype=m.dtype, settings=m.generation)
+
+
+def open_spool(config: ServiceConfig, *, received: Bell | None = None, reported: Bell | None = None) -> Spool:
+    """The configured spool (the service and its worker process open it the same way)."""
+    s = config.spool
+    return Spool(s.dir, max_bytes=s.max_bytes, min_free_bytes=s.min_free_bytes, received=received, reported=reported)
+
+
+def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> Worker:
+    """The configured worker (in the service's process or in its worker process)."""
+    from medblip_dicom.integrations.worker import Worker
+
+    w = config.worker
+    return Worker(spool, captioner, batch_size=w.batch_size, max_wait_s=w.max_wait_s,
+                  prepare_workers=w.prepare_workers, picture=config.output.picture)
+
+
+def build_delivery(spool: Spool, config: ServiceConfig) -> Delivery:
+    """The configured sinks: the output folder and/or the forwarding destination."""
+    from medblip_dicom.integrations.delivery import Delivery
+    from medblip_dicom.integrations.forward import ForwardClient
+
+    f = config.forward
+    forward = None
+    if f.destination is not None:
+        forward = ForwardClient(f.destination, calling_ae_title=f.calling_ae_title, timeout_s=f.timeout_s, tls=f.tls)
+    return Delivery(spool, out_dir=config.output.dir, forward=forward, study_quiet_s=config.output.study_quiet_s,
+                    retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s)

@@ -1,0 +1,141 @@
+"""``medblip caption PATH... --model M --out DIR``: caption files and folders, one SR per image."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, say_error
+
+CAPTION_EXAMPLE = """\
+examples:
+  medblip caption chest.dcm --model ./my-blip-model --out reports/
+  medblip caption /data/study1 /data/study2 --model ./my-blip-model --out reports/ --batch-size 16
+  medblip caption cine.dcm --model Salesforce/blip-image-captioning-base --frame 0 --num-beams 1
+
+Folders are searched recursively (hidden files are ignored). Non-image DICOM found in a folder
+(SR, presentation states, DICOMDIR, ...) is reported as skipped; a file named on the command line
+that cannot be captioned counts as failed. Each captioned file prints one line
+`SOURCE<TAB>SR-PATH<TAB>CAPTION` on stdout.
+"""
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``medblip caption``."""
+    cap = sub.add_parser(
+        "caption", help="caption DICOM files and write one SR per image",
+        description="Caption DICOM images and write one Comprehensive SR per image.",
+        epilog=CAPTION_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cap.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
+    cap.add_argument("--model", "-m", required=True,
+                     help="BLIP model directory (save_pretrained: model + processor) or a cached hub id")
+    cap.add_argument("--out", "-o", type=Path, default=None,
+                     help="folder for the SR files (<SR SOPInstanceUID>.dcm); without it captions are only printed")
+    cap.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    cap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    cap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="compute precision (auto: bf16/fp16 where the device supports it)")
+    cap.add_argument("--num-beams", type=int, default=3, help="beam search width; 1 = greedy (default 3)")
+    cap.add_argument("--max-new-tokens", type=int, default=60, help="longest caption in tokens (default 60)")
+    cap.add_argument("--min-new-tokens", type=int, default=5, help="shortest caption in tokens (default 5)")
+    cap.add_argument("--no-repeat-ngram-size", type=int, default=3,
+                     help="repetition guard: never repeat an n-gram of this size; 0 = off (default 3)")
+    cap.add_argument("--frame", type=int, default=None,
+                     help="0-based frame of multi-frame images (default: the middle frame)")
+    cap.add_argument("--workers", type=int, default=None, help="threads that read and decode ahead of the model")
+    cap.add_argument("--preview", action="store_true",
+                     help="also write <source SOPInstanceUID>.png: the windowed image with its caption beneath "
+                     "(into --out, or ./previews)")
+    add_verbosity(cap)
+    cap.set_defaults(func=cmd_caption)
+
+
+def iter_inputs(paths: Sequence[str]) -> Iterator[tuple[str, bool]]:
+    """Yield ``(path, named)`` for every file under `paths`; `named` is True for files given directly.
+
+    Folders are walked recursively in sorted order; hidden files and folders are skipped.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield os.path.join(root, name), False
+        else:
+            yield raw, True
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Run ``medblip caption``."""
+    from medblip_dicom.generation import GenerationSettings
+
+    try:
+        settings = GenerationSettings(
+            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        )
+    except ValueError as exc:
+        say_error("caption", exc)
+        return EXIT_USAGE
+    if args.batch_size < 1:
+        say_error("caption", "--batch-size must be >= 1")
+        return EXIT_USAGE
+    inputs = list(iter_inputs(args.paths))
+    if not inputs:
+        say_error("caption", "no files found under " + " ".join(args.paths))
+        return EXIT_USAGE
+
+    from tqdm import tqdm
+
+    from medblip_dicom.api import CaptionFailure, caption_dicoms, load_captioner
+    from medblip_dicom.errors import MedblipError, NotAnImageError
+
+    named = dict(inputs)
+    try:
+        captioner = load_captioner(args.model, device=args.device, dtype=args.dtype)
+    except MedblipError as exc:
+        say_error("caption", exc)
+        return EXIT_USAGE
+    captioner.settings = settings
+
+    started = time.perf_counter()
+    done = failed = skipped = 0
+    progress = tqdm(total=len(inputs), unit="file", disable=args.quiet or None, file=sys.stderr)
+    outcomes = caption_dicoms([p for p, _ in inputs], model=captioner, output_dir=args.out, frame=args.frame,
+                              batch_size=args.batch_size, workers=args.workers)
+    for outcome in outcomes:
+        progress.update(1)
+        if isinstance(outcome, CaptionFailure):
+            if isinstance(outcome.error, NotAnImageError) and not named.get(outcome.source, True):
+                skipped += 1
+                progress.write(f"skipped {outcome.error}", file=sys.stderr)
+            else:
+                failed += 1
+                progress.write(f"FAILED {outcome.error}", file=sys.stderr)
+            continue
+        done += 1
+        if args.preview:
+            from medblip_dicom.preview import write_preview
+            from medblip_dicom.reading import read_image
+
+            write_preview(read_image(outcome.source).dataset, outcome.caption, args.out or Path("previews"),
+                          frame=outcome.frame_index)
+        print(f"{outcome.source}\t{outcome.sr_path or '-'}\t{outcome.caption}", flush=True)
+    progress.close()
+
+    elapsed = time.perf_counter() - started
+    rate = done / elapsed if elapsed > 0 else 0.0
+    where = f"; SRs in {args.out}" if args.out is not None else ""
+    print(
+        f"captioned {done} of {len(inputs)} files ({failed} failed, {skipped} skipped) in {elapsed:.1f} s, "
+        f"{rate:.2f} images/s on {captioner.device} ({str(captioner.dtype).split('.')[-1]}){where}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,36 @@
+"""The one invented patient of every test input, and the check that it never leaks.
+
+Logs, reason files, journals, status output and metrics may carry UIDs, never a patient's name
+or ID; every test input carries this distinctive patient so that a leak is found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+PATIENT_NAME = "Reliabilitytest^Ottoline^Quennell"
+PATIENT_ID = "RLB-4417-ZXQ"
+SECRETS = (PATIENT_NAME, PATIENT_ID, *PATIENT_NAME.split("^"))
+
+
+def assert_no_patient_data(text: str | bytes, where: str = "logs or reason files") -> None:
+    """None of the test patient's name parts or ID may appear in `text`."""
+    blob = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    for value in SECRETS:
+        assert value.encode() not in blob, f"patient data {value!r} found in {where}"
+
+
+def scan_for_patient_data(*paths: Path) -> int:
+    """Check logs and the files beside the outputs (reason files, journals) for patient data; returns the
+    number of files scanned. DICOM files (inputs and SRs, which carry the patient by design) are not scanned."""
+    scanned = 0
+    for root in paths:
+        candidates = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for path in candidates:
+            if path.suffix == ".dcm" or path.name.endswith("DICOMDIR") or "/inputs/" in path.as_posix():
+                continue
+            if path.suffix in (".log", ".txt", ".json", ".toml") or path.name.startswith("journal.sqlite"):
+                assert_no_patient_data(path.read_bytes(), str(path))
+                scanned += 1
+    return scanned
