@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Union
 
@@ -23,6 +23,7 @@ from medblip_dicom.captioner import Captioner
 from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.pipeline import CaptionFailure, CaptionResult, InlineExecutor, Stages, finish, prepare, run
 from medblip_dicom.reading import DicomSource
+from medblip_dicom.report import warm_up
 
 if TYPE_CHECKING:
     from medblip_dicom.cpupool import CpuPool
@@ -111,13 +112,10 @@ def caption_dicoms(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     captioner = load_captioner(model, device=device, dtype=dtype)
 
-    def generate(inputs: Sequence[Any]) -> list[str]:
-        return captioner.generate(torch.cat([torch.as_tensor(x) for x in inputs]), generation)
-
     out = os.fspath(output_dir) if output_dir is not None else None
     if pool is not None:
-        yield from run(sources, pool.stages(frame=frame, output_dir=out, generate=generate),
-                       batch_size=batch_size, lookahead=max(2 * batch_size, 4 * pool.processes))
+        stages = pool.stages(frame=frame, output_dir=out, generate=_batch_captioner(captioner, generation))
+        yield from run(sources, stages, batch_size=batch_size, lookahead=max(2 * batch_size, 4 * pool.processes))
         return
     if workers is None:
         # one core stays with the model: prepare threads on every core slow the model down more
@@ -128,5 +126,24 @@ def caption_dicoms(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medblip-prepare"))
         stages = Stages(prepare=partial(prepare, frame=frame, preprocess=captioner.preprocess),
                         finish=partial(finish, identity=captioner.identity, output_dir=out),
-                        generate=generate, prepare_executor=executor, finish_executor=InlineExecutor())
+                        generate=_batch_captioner(captioner, generation, warm_up_on=executor if workers else None),
+                        prepare_executor=executor, finish_executor=InlineExecutor())
         yield from run(sources, stages, batch_size=batch_size, lookahead=2 * batch_size)
+
+
+def _batch_captioner(captioner: Captioner, generation: GenerationSettings | None, *,
+                     warm_up_on: Executor | None = None) -> Callable[[Sequence[Any]], list[str]]:
+    """The pipeline's `generate`: one batch of model inputs (tensors or arrays) to captions.
+
+    With `warm_up_on` (the prepare threads), the first call also has highdicom load its tables
+    (:func:`medblip_dicom.report.warm_up`) there, while the model captions the first batch (torch
+    releases the interpreter lock), instead of in front of the first report.
+    """
+    warmed: list[Future[None]] = []
+
+    def generate(inputs: Sequence[Any]) -> list[str]:
+        if warm_up_on is not None and not warmed:
+            warmed.append(warm_up_on.submit(warm_up))
+        return captioner.generate(torch.cat([torch.as_tensor(x) for x in inputs]), generation)
+
+    return generate

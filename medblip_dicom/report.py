@@ -269,6 +269,19 @@ def _instance_number(source: Dataset) -> int:
     return number if number > 0 else 1
 
 
+def warm_up() -> None:
+    """Build one throwaway report, so that the tables highdicom and pydicom load on first use
+    (the standard's module attribute map, the SR codes) are loaded now.
+
+    :func:`medblip_dicom.api.caption_dicoms` runs this in a prepare thread while the model
+    captions its first batch, instead of in front of the first report.
+    """
+    source = Dataset()
+    source.SOPClassUID = SECONDARY_CAPTURE
+    source.SOPInstanceUID = source.StudyInstanceUID = source.SeriesInstanceUID = "2.25.1"
+    build_report(source, "warm-up", ModelIdentity("warm-up", "0", "0" * 64, "warm-up"), label="warm-up")
+
+
 def report_filename(sr: Dataset) -> str:
     """File name of an SR in an output folder: its SOPInstanceUID (digits and dots only) + .dcm."""
     uid = str(sr.SOPInstanceUID)

@@ -81,3 +81,14 @@ def missing_packages(extra: str | None = None, modules: Sequence[str] = ()) -> s
     if extra is None:
         return f"{names} is not installed; reinstall medblip-dicom (pip install medblip-dicom), it is part of the base install"
     return f"this needs {names}: install the extra with pip install 'medblip-dicom[{extra}]' (or -e '.[{extra}]' in a checkout)"
+
+
+def packages_present(command: str, extra: str | None = None, modules: Sequence[str] = ()) -> bool:
+    """True when the packages import; else says which to install (one line) and returns False.
+
+    Subcommands call it first, so a missing package is reported before any model is loaded.
+    """
+    missing = missing_packages(extra, modules)
+    if missing:
+        say_error(command, missing)
+    return missing is None

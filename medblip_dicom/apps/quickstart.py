@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, missing_packages, say_error
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
 
 #: The real DICOM images the quickstart captions: (pydicom test file, what it is).
 SAMPLES = (
@@ -136,9 +136,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """Run ``medblip quickstart``."""
     from medblip_dicom.errors import MedblipError
 
-    missing = missing_packages("quickstart")
-    if missing:
-        say_error("quickstart", missing)
+    if not packages_present("quickstart", "quickstart"):
         return EXIT_USAGE
     try:
         run_quickstart(args.out, epochs=args.epochs, say=print, progress=not args.quiet)

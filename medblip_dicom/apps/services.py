@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, missing_packages, say_error
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
 
 WATCH_EXAMPLE = """\
 examples:
@@ -193,9 +193,7 @@ def _run_service(name: str, config: Any, *, watch: bool, node: bool, stop: threa
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run ``medblip watch``."""
-    missing = missing_packages(None, ("watchdog",))
-    if missing:
-        say_error("watch", missing)
+    if not packages_present("watch", modules=("watchdog",)):
         return EXIT_USAGE
     config = _load("watch", args, {"watch": {"inbox": args.inbox, "poll": args.poll}})
     if config is None:
@@ -227,9 +225,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Run ``medblip node``."""
-    missing = missing_packages(None, ("pynetdicom",))
-    if missing:
-        say_error("node", missing)
+    if not packages_present("node", modules=("pynetdicom",)):
         return EXIT_USAGE
     config = _load("node", args, {"node": {"ae_title": args.ae_title, "port": args.port, "host": args.host,
                                            "allowed_calling_aets": args.allow}})

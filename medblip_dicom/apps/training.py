@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, missing_packages, say_error
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
 
 TRAIN_EXAMPLE = """\
 examples:
@@ -91,9 +91,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``medblip train``."""
-    missing = missing_packages("train")
-    if missing:
-        say_error("train", missing)
+    if not packages_present("train", "train"):
         return EXIT_USAGE
     from medblip_dicom.errors import MedblipError
     from medblip_dicom.training.config import TrainConfig
@@ -122,9 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``medblip evaluate``: exit 2 when the model or data cannot be loaded, 1 when scoring failed."""
-    missing = missing_packages("train")
-    if missing:
-        say_error("evaluate", missing)
+    if not packages_present("evaluate", "train"):
         return EXIT_USAGE
     from medblip_dicom.captioner import Captioner
     from medblip_dicom.errors import MedblipError

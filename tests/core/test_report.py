@@ -196,3 +196,11 @@ class TestValueMultiplicity:
         assert vm_allows("1-n", 7) and vm_allows("1-3", 3) and not vm_allows("1-3", 4)
         assert vm_allows("2-2n", 4) and not vm_allows("2-2n", 3) and not vm_allows("2-2n", 1)
         assert vm_allows("3", 3) and not vm_allows("3", 2)
+
+
+def test_warm_up_builds_a_throwaway_report_without_touching_anything(tmp_path, monkeypatch):
+    from medblip_dicom.report import warm_up
+
+    monkeypatch.chdir(tmp_path)
+    warm_up()  # raises if the stand-in source could not be reported on
+    assert list(tmp_path.iterdir()) == []
