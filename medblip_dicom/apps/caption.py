@@ -52,7 +52,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                      help="also write <source SOPInstanceUID>.png: the windowed image with its caption beneath "
                      "(into --out, or ./previews)")
     add_verbosity(cap)
-    cap.set_defaults(func=cmd_caption)
+    cap.set_defaults(func=cmd_caption, quick_exit=True)
 
 
 def iter_inputs(paths: Sequence[str]) -> Iterator[tuple[str, bool]]:

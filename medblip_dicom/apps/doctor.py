@@ -164,7 +164,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     doctor.add_argument("--config", type=Path, default=None, help="service TOML file (for the node's host and port)")
     doctor.add_argument("--host", default=None, help="address the node would bind (default 127.0.0.1)")
     doctor.add_argument("--port", type=int, default=None, help="port the node would listen on (default 11112)")
-    doctor.set_defaults(func=cmd_doctor)
+    doctor.set_defaults(func=cmd_doctor, quick_exit=True)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -112,7 +112,7 @@ def add_commands(subparsers: Any) -> None:
                         help="the spool folder (default $XDG_STATE_HOME/medblip/spool, i.e. ~/.local/state/medblip/spool)")
     status.add_argument("--config", "-c", type=Path, default=None, help="take the spool folder from this file")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=cmd_status, quick_exit=True)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -89,7 +89,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                           epilog="example:\n  medblip show-sr reports/2.25.1234.dcm",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("files", nargs="+", metavar="FILE", help="SR files")
-    show.set_defaults(func=cmd_show_sr)
+    show.set_defaults(func=cmd_show_sr, quick_exit=True)
 
 
 def cmd_show_sr(args: argparse.Namespace) -> int:

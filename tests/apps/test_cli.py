@@ -86,3 +86,20 @@ def test_no_top_level_training_or_integrations_module(tmp_path):
             "u.find_spec('medblip_dicom.training') is not None, u.find_spec('medblip_dicom.integrations') is not None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_a_real_process_leaves_at_once_with_every_line_and_file_complete(tiny_model_dir, td, tmp_path, validate_sr):
+    """`medblip caption` ends with os._exit (no interpreter teardown): nothing it printed or wrote is lost."""
+    out = tmp_path / "srs"
+    proc = subprocess.run([sys.executable, "-m", "medblip_dicom", "caption", td("CT_small.dcm"), td("MR_small.dcm"),
+                           "--model", str(tiny_model_dir), "--out", str(out), "--device", "cpu", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.count("\t") == 2 for line in lines)
+    assert "captioned 2 of 2 files" in proc.stderr
+    for line in lines:
+        validate_sr(line.split("\t")[1])
+    failing = subprocess.run([sys.executable, "-m", "medblip_dicom", "caption", str(tmp_path / "missing.dcm"),
+                              "--model", str(tiny_model_dir), "-q"], capture_output=True, text=True, timeout=300)
+    assert failing.returncode == 1 and "FAILED" in failing.stderr and "no such file" in failing.stderr
