@@ -17,6 +17,7 @@ and appends the run to bench/RESULTS.md. Never run as a test.
 
     python bench/startup.py                       # 1 and 16 files, 3 rounds (about 10 minutes on 2 cores)
     python bench/startup.py --files 1 16 64 --rounds 2
+    python bench/startup.py --after HEAD          # (cold)/(warm) from the last commit: edit freely meanwhile
 """
 
 from __future__ import annotations
@@ -65,21 +66,29 @@ with torch.inference_mode():
 '''
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return elapsed
 
 
-def before_checkout(rev: str, folder: Path) -> Path:
-    """An earlier commit as an importable tree (its training/ and integrations/ linked into the package)."""
+def before_checkout(rev: str, folder: Path, env: dict[str, str], cwd: Path) -> Path:
+    """An earlier commit as an importable tree (its training/ and integrations/ linked into the package).
+
+    Every contender runs in `cwd`, a folder without a ``medblip_dicom`` of its own: run from a
+    checkout, the working directory (first on sys.path) would shadow PYTHONPATH. Checked here.
+    """
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True,
                    capture_output=True)
     for sub in ("training", "integrations"):
         os.symlink(folder / sub, folder / "medblip_dicom" / sub)
+    where = subprocess.run([sys.executable, "-c", "import medblip_dicom.api as a; print(a.__file__)"], cwd=cwd,
+                           env=dict(env, PYTHONPATH=str(folder)), capture_output=True, text=True).stdout.strip()
+    if not where.startswith(str(folder)):
+        raise SystemExit(f"(before) would import {where}, not the checkout of {rev} in {folder}")
     return folder
 
 
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, nargs="+", default=[1, 16], help="file counts (default 1 16)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", default=DEFAULT_BEFORE, help="git revision of (before); '' to skip it")
+    parser.add_argument("--after", default="", help="git revision of (cold) and (warm) (default: this checkout as "
+                        "installed), so that a long run is not disturbed by edits")
     parser.add_argument("--model", type=Path, default=None, help="a base-size model dir (default: build one)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -104,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         files = [str(p) for p in make_inputs(tmp / "in", max(args.files))]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         warm_cache, old = tmp / "cache-warm", None
+        work = tmp / "work"
+        work.mkdir()
         if args.before:
-            old = before_checkout(args.before, tmp / "before")
+            old = before_checkout(args.before, tmp / "before", env, work)
+        new = before_checkout(args.after, tmp / "after", env, work) if args.after else None
+        new_env = dict(env, PYTHONPATH=str(new)) if new is not None else env
         flags = ["--model", str(model), "--num-beams", "3", "--max-new-tokens", "20", "--min-new-tokens", "20",
                  "--no-repeat-ngram-size", "0", "-q"]
         try:
@@ -117,28 +132,31 @@ def main(argv: list[str] | None = None) -> int:
                     "cold": ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, "--out", str(tmp / "o")],
                              None),
                     "warm": ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, "--out", str(tmp / "o")],
-                             dict(env, MEDBLIP_CACHE_DIR=str(warm_cache))),
+                             dict(new_env, MEDBLIP_CACHE_DIR=str(warm_cache))),
                 }
                 if old is not None:
                     contenders["before"] = ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, "--out",
                                              str(tmp / "o")], dict(env, PYTHONPATH=str(old)))
-                timed(contenders["warm"][0], contenders["warm"][1])  # fills the warm cache, warms the page cache
+                timed(contenders["warm"][0], contenders["warm"][1], work)  # fills the warm cache, warms the page cache
                 best: dict[str, float] = {}
                 for r in range(args.rounds):
                     for name, (cmd, cenv) in contenders.items():
                         if name == "cold":
-                            cenv = dict(env, MEDBLIP_CACHE_DIR=str(tmp / f"cache-cold-{n}-{r}"))
-                        best[name] = min(best.get(name, float("inf")), timed(cmd, cenv))
+                            cenv = dict(new_env, MEDBLIP_CACHE_DIR=str(tmp / f"cache-cold-{n}-{r}"))
+                        best[name] = min(best.get(name, float("inf")), timed(cmd, cenv, work))
                 times[n] = best
                 for name in ("bare", "before", "cold", "warm"):
                     if name in best:
                         rows.append(f"| {n} | {name} | {best[name]:.2f} | {best['bare'] / best[name]:.2f} |")
         finally:
-            if old is not None:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+            for tree in (old, new):
+                if tree is not None:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                                   capture_output=True)
     table = ["| files | contender | seconds (best of rounds) | bare/contender |", "|---|---|---|---|", *rows]
     record("Start-up and short runs", f"BLIP-base architecture (random weights), {args.rounds} alternating rounds, "
-           f"whole processes; (before) = `{args.before or '-'}`; beams 3, 20 new tokens, batch 8.", table, argv,
+           f"whole processes; (before) = `{args.before or '-'}`, (cold)/(warm) = `{args.after or 'this checkout'}`; "
+           "beams 3, 20 new tokens, batch 8.", table, argv,
            args.results)
     return 0
 

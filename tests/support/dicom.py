@@ -105,3 +105,39 @@ def sr_source_uid(sr: Dataset) -> str:
     from medblip_dicom.report_view import CaptionReport
 
     return CaptionReport.from_dataset(sr).source_sop_instance_uid
+
+
+def ct_series(td: Any, folder: Path, count: int, *, shuffle: bool = False, study_uid: str | None = None,
+              seed: int = 11) -> list[Path]:
+    """A CT series of `count` slices made from CT_small: one new SeriesInstanceUID, distinct positions
+    5 mm apart along the slice normal, InstanceNumbers that disagree with the positions (as some
+    scanners number them), the test patient; in slice order, or shuffled as a clinic may send them."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(seed)
+    template = pydicom.dcmread(td("CT_small.dcm"))
+    template.PatientName, template.PatientID = PATIENT_NAME, PATIENT_ID
+    template.SeriesInstanceUID = generate_uid()
+    if study_uid is not None:
+        template.StudyInstanceUID = study_uid
+    orientation = np.array([float(v) for v in template.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    origin = np.array([float(v) for v in template.ImagePositionPatient])
+    numbers = list(range(1, count + 1))
+    rng.shuffle(numbers)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        template.SOPInstanceUID = generate_uid()
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        template.ImagePositionPatient = [f"{v:.3f}" for v in origin + 5.0 * i * normal]
+        template.SliceLocation = f"{float(origin @ normal) + 5.0 * i:.3f}"
+        template.InstanceNumber = numbers[i]
+        path = folder / f"ct-{i:03d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    if shuffle:
+        rng.shuffle(paths)
+    return paths
