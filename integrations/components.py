@@ -41,7 +41,7 @@ def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> W
 
     w = config.worker
     return Worker(spool, captioner, batch_size=w.batch_size, max_wait_s=w.max_wait_s,
-                  prepare_workers=w.prepare_workers, picture=config.output.picture)
+                  prepare_workers=w.prepare_workers, picture=config.output.picture, select=config.select)
 
 
 def build_delivery(spool: Spool, config: ServiceConfig) -> Delivery:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medblip_dicom.generation import GenerationSettings
+from medblip_dicom.selection import SelectConfig, SelectionError, config_from_mapping
 
 from medblip_dicom.integrations.config_checks import (
     ConfigError, check_ae_title, check_int, check_positive, fail, optional_path,
@@ -303,6 +304,7 @@ class ServiceConfig:
     watch: WatchConfig = field(default_factory=WatchConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
     @property
     def has_sink(self) -> bool:
@@ -312,11 +314,16 @@ class ServiceConfig:
 
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig, "worker": WorkerConfig, "spool": SpoolConfig, "output": OutputConfig,
-    "watch": WatchConfig, "node": NodeConfig, "forward": ForwardConfig,
+    "watch": WatchConfig, "node": NodeConfig, "forward": ForwardConfig, "select": SelectConfig,
 }
 
 
 def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    if cls is SelectConfig:  # [select] with its [[select.rule]] tables
+        try:
+            return config_from_mapping(values)
+        except SelectionError as exc:
+            raise ConfigError(str(exc)) from None
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

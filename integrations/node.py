@@ -20,6 +20,7 @@ in the association's own thread with a timeout, so a silent client cannot stall 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import threading
@@ -34,7 +35,8 @@ from medblip_dicom.reading import check_parsable
 
 from medblip_dicom.integrations import pynetdicom_compat
 from medblip_dicom.integrations.config import NodeConfig, NodeTLSConfig
-from medblip_dicom.integrations.spool import InstanceInfo, Spool, SpoolFullError
+from medblip_dicom.integrations.spool import Spool, SpoolFullError
+from medblip_dicom.integrations.spool.files import instance_info
 
 logger = logging.getLogger(__name__)
 
@@ -214,14 +216,9 @@ class StorageNode:
         try:
             ds = event.dataset
             check_parsable(ds)  # VRs and sequences, without converting every value
-            info = InstanceInfo(
-                sop_instance_uid=str(ds.get("SOPInstanceUID") or sop_uid) or None,
-                sop_class_uid=str(ds.get("SOPClassUID") or request.AffectedSOPClassUID or "") or None,
-                study_instance_uid=str(ds.get("StudyInstanceUID") or "") or None,
-                series_instance_uid=str(ds.get("SeriesInstanceUID") or "") or None,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                manufacturer=str(ds.get("Manufacturer") or "") or None,
-            )
+            info = instance_info(ds, transfer_syntax_uid=str(event.context.transfer_syntax))
+            info = dataclasses.replace(info, sop_instance_uid=info.sop_instance_uid or sop_uid or None,
+                                       sop_class_uid=info.sop_class_uid or str(request.AffectedSOPClassUID or "") or None)
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - any decode failure of the peer's data set
             self.refused += 1

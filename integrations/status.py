@@ -36,6 +36,8 @@ def summary_dict(root: str, summary: SpoolSummary) -> dict[str, Any]:
         "done": summary.done,
         "failed": summary.failed,
         "states": summary.counts,
+        "held_for_series": summary.held,
+        "skipped_by": summary.skipped_by,
         "pending_bytes": summary.pending_bytes,
         "oldest_pending": None if oldest is None else {
             "job": oldest.id,
@@ -53,11 +55,13 @@ def format_summary(root: str, summary: SpoolSummary) -> str:
     c = summary.counts
     lines = [
         f"spool          {root}",
-        f"queue depth    {summary.queue_depth}  (received {c['received']}, processing {c['processing']}, "
-        f"reported {c['reported']}; {_bytes(summary.pending_bytes)})",
+        f"queue depth    {summary.queue_depth}  (received {c['received']}, of which held for their series "
+        f"{summary.held}; processing {c['processing']}, reported {c['reported']}; {_bytes(summary.pending_bytes)})",
         f"done           {summary.done}  (delivered {c['delivered']}, skipped {c['skipped']})",
         f"failed         {summary.failed}",
     ]
+    if summary.skipped_by:
+        lines.append("skipped by     " + ", ".join(f"{kind} {n}" for kind, n in summary.skipped_by.items()))
     oldest = summary.oldest_pending
     if oldest is None:
         lines.append("oldest pending none")

@@ -1,5 +1,9 @@
 """The worker: takes batches of received jobs from the spool, captions them, writes their reports.
 
+Before each claim it lets selection decide (:mod:`.selector`): rules skip what should not be
+captioned, and by default one instance per series (its representative) is captioned once the
+series is quiet.
+
 One model, loaded once, serves every job. A batch is taken when ``batch_size`` jobs wait or when
 the oldest waiting job has waited ``max_wait_s``, so the model gets full batches under load and a
 lone instance is not held back long. Each job ends ``reported`` (SR written durably into the
@@ -20,8 +24,11 @@ from medblip_dicom.api import CaptionFailure, CaptionResult, caption_dicoms
 from medblip_dicom.captioner import Captioner
 from medblip_dicom.errors import NotAnImageError, SourceError
 from medblip_dicom.fileio import atomic_write_bytes
+from medblip_dicom.pipeline import Annotated
 from medblip_dicom.report import write_report
+from medblip_dicom.selection import SelectConfig
 
+from medblip_dicom.integrations.selector import SeriesSelector
 from medblip_dicom.integrations.spool import Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
@@ -34,7 +41,8 @@ class Worker:
     """Caption spooled jobs in batches. Call :meth:`run` in a thread with a stop event."""
 
     def __init__(self, spool: Spool, captioner: Captioner, *, batch_size: int = 8, max_wait_s: float = 1.0,
-                 prepare_workers: int = 2, picture: bool = False, frame: int | None = None) -> None:
+                 prepare_workers: int = 2, picture: bool = False, frame: int | None = None,
+                 select: SelectConfig | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.spool = spool
@@ -44,6 +52,7 @@ class Worker:
         self.prepare_workers = prepare_workers
         self.picture = picture
         self.frame = frame
+        self.selector = SeriesSelector(spool, select if select is not None else SelectConfig())
         #: Sizes of the most recent batches (for logs, status and tests).
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         self.idle = threading.Event()
@@ -56,23 +65,26 @@ class Worker:
         Every `reclaim_every_s` it also takes back the claims of processes that are gone
         (:meth:`Spool.release_dead_claims`), so a crashed peer's jobs do not wait for a restart.
         """
-        logger.info("worker started (batch size %d, max wait %.2f s)", self.batch_size, self.max_wait_s)
+        logger.info("worker started (batch size %d, max wait %.2f s, %s)", self.batch_size, self.max_wait_s,
+                    "one caption per instance" if self.selector.config.each else
+                    f"one caption per series, quiet {self.selector.config.series_quiet_s:g} s")
         next_reclaim = time.monotonic() + reclaim_every_s
         while not stop.is_set():
             if time.monotonic() >= next_reclaim:
                 self.spool.release_dead_claims()
                 next_reclaim = time.monotonic() + reclaim_every_s
             self.spool.received_event.clear()
-            waiting = self.spool.count(JobState.RECEIVED)
+            series_due = self.selector.step()
+            waiting, oldest = self.spool.claimable()
+            wait = poll_s if series_due is None else min(poll_s, max(series_due, 0.01))
             if waiting == 0:
                 self.idle.set()
-                self.spool.received_event.wait(poll_s)
+                self.spool.received_event.wait(wait)
                 continue
             if waiting < self.batch_size:
-                oldest = self.spool.oldest_received_at()
                 due_in = (oldest or 0.0) + self.max_wait_s - time.time()
                 if due_in > 0:
-                    self.spool.received_event.wait(min(due_in, poll_s))
+                    self.spool.received_event.wait(min(due_in, wait))
                     continue
             self.idle.clear()
             jobs = self.spool.claim(self.batch_size)
@@ -81,8 +93,10 @@ class Worker:
         logger.info("worker stopped")
 
     def process_available(self) -> int:
-        """Process every received job now, in full batches (for ``--once``); returns how many."""
+        """Process every received job now, in full batches (for ``--once``: every held series counts
+        as complete); returns how many were captioned or failed."""
         total = 0
+        self.selector.step(complete=True)
         while jobs := self.spool.claim(self.batch_size):
             self.process(jobs)
             total += len(jobs)
@@ -93,9 +107,10 @@ class Worker:
     def process(self, jobs: Sequence[Job]) -> None:
         """Caption claimed (processing) jobs as one model batch and record each outcome."""
         started = time.perf_counter()
-        paths = [self.spool.input_path(job) for job in jobs]
+        sources = [Annotated(self.spool.input_path(job), job.note) if job.note else self.spool.input_path(job)
+                   for job in jobs]
         try:
-            outcomes = list(caption_dicoms(paths, model=self.captioner, output_dir=None, frame=self.frame,
+            outcomes = list(caption_dicoms(sources, model=self.captioner, output_dir=None, frame=self.frame,
                                            batch_size=len(jobs), workers=self.prepare_workers))
         except Exception as exc:  # noqa: BLE001 - a model or runtime failure outside any one input
             if len(jobs) > 1:

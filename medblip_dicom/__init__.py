@@ -25,6 +25,8 @@ _LAZY = {
     "caption_dicoms": "medblip_dicom.api",
     "CaptionResult": "medblip_dicom.api",
     "CaptionFailure": "medblip_dicom.api",
+    "CaptionSkipped": "medblip_dicom.api",
+    "SelectConfig": "medblip_dicom.selection",
     "load_captioner": "medblip_dicom.api",
     "Captioner": "medblip_dicom.captioner",
     "GenerationSettings": "medblip_dicom.generation",
@@ -49,11 +51,14 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from medblip_dicom.api import CaptionFailure, CaptionResult, caption_dicom, caption_dicoms, load_captioner
+    from medblip_dicom.api import (
+        CaptionFailure, CaptionResult, CaptionSkipped, caption_dicom, caption_dicoms, load_captioner,
+    )
     from medblip_dicom.captioner import Captioner
     from medblip_dicom.generation import GenerationSettings
     from medblip_dicom.identity import ModelIdentity
     from medblip_dicom.report_view import CaptionReport
+    from medblip_dicom.selection import SelectConfig
     from medblip_dicom.errors import (
         DicomReadError, InvalidDicomError, MedblipError, MissingDependencyError, ModelLoadError, NotAnImageError,
         NotDicomError, PixelDecodeError, ReportError, SourceError,

@@ -21,14 +21,18 @@ import torch
 
 from medblip_dicom.captioner import Captioner
 from medblip_dicom.generation import GenerationSettings
-from medblip_dicom.pipeline import CaptionFailure, CaptionResult, InlineExecutor, Stages, finish, prepare, run
-from medblip_dicom.reading import DicomSource
+from medblip_dicom.pipeline import (
+    Annotated, CaptionFailure, CaptionResult, CaptionSkipped, InlineExecutor, Stages, finish, prepare, run,
+)
+from medblip_dicom.reading import DicomSource, describe, read_header
 from medblip_dicom.report import warm_up
+from medblip_dicom.selection import FACT_KEYWORDS, InstanceFacts, SelectConfig, plan, series_note
 
 if TYPE_CHECKING:
     from medblip_dicom.cpupool import CpuPool
 
-__all__ = ["CaptionFailure", "CaptionResult", "ModelSpec", "caption_dicom", "caption_dicoms", "load_captioner"]
+__all__ = ["Annotated", "CaptionFailure", "CaptionResult", "CaptionSkipped", "ModelSpec", "caption_dicom",
+           "caption_dicoms", "load_captioner"]
 
 #: What ``model=`` accepts: a model directory, a cached hub id, or an already loaded Captioner.
 ModelSpec = Union[str, "os.PathLike[str]", Captioner]
@@ -99,10 +103,15 @@ def caption_dicoms(
     generation: GenerationSettings | None = None,
     workers: int | None = None,
     pool: CpuPool | None = None,
-) -> Iterator[CaptionResult | CaptionFailure]:
+    select: SelectConfig | None = None,
+) -> Iterator[CaptionResult | CaptionFailure | CaptionSkipped]:
     """Caption many sources with batched model calls; yield one outcome per source, in order.
 
-    A bad source yields a :class:`CaptionFailure` and never stops the others. `workers` threads
+    A bad source yields a :class:`CaptionFailure` and never stops the others. With `select`
+    (:class:`~medblip_dicom.selection.SelectConfig`), the sources are a complete set: the rules and
+    one caption per series decide first (reading headers only), and every source not captioned
+    yields a :class:`CaptionSkipped` with the reason; the representative's SR notes the series it
+    stands for. Without it, every source is captioned (one report per instance). `workers` threads
     (default: CPU count - 1, between 1 and 4; 0 = prepare in the calling thread) read and preprocess
     ahead of the model, at most two batches ahead. With a :class:`~medblip_dicom.cpupool.CpuPool`
     (made for this captioner), its processes prepare the sources and build and write the SRs
@@ -110,6 +119,11 @@ def caption_dicoms(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if select is not None:
+        yield from _caption_selected(list(sources), select, model=model, output_dir=output_dir, frame=frame,
+                                     batch_size=batch_size, device=device, dtype=dtype, generation=generation,
+                                     workers=workers, pool=pool)
+        return
     captioner = load_captioner(model, device=device, dtype=dtype)
 
     out = os.fspath(output_dir) if output_dir is not None else None
@@ -147,3 +161,28 @@ def _batch_captioner(captioner: Captioner, generation: GenerationSettings | None
         return captioner.generate(torch.cat([torch.as_tensor(x) for x in inputs]), generation)
 
     return generate
+
+
+def _caption_selected(sources: list[DicomSource], select: SelectConfig, **kwargs: Any) -> Iterator[Any]:
+    """`caption_dicoms` for a complete set under selection: plan first, then caption the chosen."""
+    facts: list[InstanceFacts | None] = []
+    for src in sources:
+        header = read_header(src.source if isinstance(src, Annotated) else src, FACT_KEYWORDS)
+        facts.append(InstanceFacts.from_dataset(header) if header is not None else None)
+    known = [i for i, f in enumerate(facts) if f is not None and f.sop_instance_uid]
+    choices = dict(zip(known, plan([facts[i] for i in known], select)))  # type: ignore[misc]
+    chosen: list[Any] = []
+    for i, src in enumerate(sources):
+        choice = choices.get(i)
+        if choice is None or choice.caption:  # unreadable ones go on: the pipeline says why
+            if choice is not None and choice.series_size > 1 and not isinstance(src, Annotated):
+                src = Annotated(src, series_note(choice.facts.series_instance_uid, choice.series_size))
+            chosen.append(src)
+    outcomes = caption_dicoms(chosen, **kwargs)
+    for i, src in enumerate(sources):
+        choice = choices.get(i)
+        if choice is not None and not choice.caption:
+            yield CaptionSkipped(describe(src.source if isinstance(src, Annotated) else src), choice.reason,
+                                 choice.kind)
+        else:
+            yield next(outcomes)

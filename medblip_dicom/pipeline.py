@@ -63,7 +63,26 @@ class CaptionFailure:
     ok = False
 
 
+@dataclass(frozen=True)
+class CaptionSkipped:
+    """A source that selection decided not to caption (:mod:`medblip_dicom.selection`), and why."""
+
+    source: str
+    reason: str
+    kind: str  # "rule", "localizer" or "not_representative"
+
+    ok = False
+
+
 Outcome = Union[CaptionResult, CaptionFailure]
+
+
+@dataclass(frozen=True)
+class Annotated:
+    """A source whose SR carries a note beside the caption: the representative of a series says so."""
+
+    source: DicomSource
+    note: str
 
 
 @dataclass
@@ -79,10 +98,15 @@ class Prepared:
     frame_index: int
     pixel_values: Any
     timings: dict[str, float]
+    note: str | None = None
 
 
-def prepare(source: DicomSource, frame: int | None, preprocess: Callable[[list[Any]], Any]) -> Prepared | CaptionFailure:
+def prepare(source: DicomSource | Annotated, frame: int | None,
+            preprocess: Callable[[list[Any]], Any]) -> Prepared | CaptionFailure:
     """Read, check, window and preprocess one source; `preprocess` is the model's processor step."""
+    note = None
+    if isinstance(source, Annotated):
+        source, note = source.source, source.note
     label = describe(source)
     try:
         t0 = time.perf_counter()
@@ -108,7 +132,7 @@ def prepare(source: DicomSource, frame: int | None, preprocess: Callable[[list[A
         return CaptionFailure(label, DicomReadError(
             label, f"cannot be read or decoded ({type(exc).__name__}: {str(exc)[:300]})"))
     return Prepared(label, header, index, pixel_values,
-                    {"read_s": t1 - t0, "pixels_s": t2 - t1, "preprocess_s": t3 - t2})
+                    {"read_s": t1 - t0, "pixels_s": t2 - t1, "preprocess_s": t3 - t2}, note)
 
 
 def finish(item: Prepared, caption: str, identity: ModelIdentity,
@@ -116,7 +140,8 @@ def finish(item: Prepared, caption: str, identity: ModelIdentity,
     """Build (and, with `output_dir`, write) the SR for one captioned source."""
     try:
         t0 = time.perf_counter()
-        sr = build_report(item.header, caption, identity, frame_index=item.frame_index, label=item.label)
+        sr = build_report(item.header, caption, identity, frame_index=item.frame_index, label=item.label,
+                          note=item.note)
         t1 = time.perf_counter()
         path = None
         if output_dir is not None:

@@ -21,7 +21,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Union
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -140,6 +141,32 @@ def _dictionary_vr(tag: int) -> str | None:
     try:
         return dictionary_VR(tag)
     except KeyError:
+        return None
+
+
+def read_header(source: DicomSource | BinaryIO, tags: Sequence[str] | None = None) -> Dataset | None:
+    """The data set without its pixel data (only `tags`, when given), for deciding what to do with
+    an instance before decoding it; None when the source cannot be parsed at all (the reader says
+    why later) or is a deflated data set that would inflate beyond :data:`MAX_INFLATED_BYTES`.
+
+    Reads as little as it can: stops before Pixel Data, defers large values, and measures a
+    deflated data set streaming before pydicom would inflate it whole.
+    """
+    if isinstance(source, Dataset):
+        return source
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            opened: Any = contextlib.nullcontext(io.BytesIO(source))
+        elif hasattr(source, "read"):
+            opened = contextlib.nullcontext(source)
+        else:
+            opened = open(source, "rb")
+        with opened as fh:
+            if deflate_bomb_at(fh):
+                return None
+            return pydicom.dcmread(fh, stop_before_pixels=True, force=True, defer_size=4096,
+                                   specific_tags=list(tags) if tags else None)
+    except Exception:  # noqa: BLE001 - any parse failure: whoever reads it in full reports the reason
         return None
 
 

@@ -134,7 +134,8 @@ def vm_allows(vm: str, count: int) -> bool:
     return int(low) <= count <= int(high)
 
 
-def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_number: int | None) -> hd.sr.ContainerContentItem:
+def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_number: int | None,
+             note: str | None) -> hd.sr.ContainerContentItem:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=identity.device_uid,
         name=identity.name[:64],
@@ -159,7 +160,12 @@ def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_numbe
     findings = hd.sr.ContainerContentItem(
         name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    findings.ContentSequence = hd.sr.ContentSequence([finding])
+    items = [finding]
+    if note:
+        # What the finding speaks for beyond its own image (one caption for a whole series).
+        items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=note,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    findings.ContentSequence = hd.sr.ContentSequence(items)
 
     root = hd.sr.ContainerContentItem(name=DIAGNOSTIC_IMAGING_REPORT, template_id="2000")
     root.ContentSequence = hd.sr.ContentSequence(
@@ -175,10 +181,13 @@ def build_report(
     *,
     frame_index: int = 0,
     label: str | None = None,
+    note: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build the Comprehensive SR that records `caption` for `source` (see the module docstring).
 
-    `frame_index` (0-based) is referenced as a frame number only for multi-frame sources.
+    `frame_index` (0-based) is referenced as a frame number only for multi-frame sources. `note`,
+    when given, is a Comment (121106, DCM) beside the finding: the representative of a series says
+    that its caption stands for the whole series.
     Raises :class:`~medblip_dicom.errors.ReportError` naming the source when the caption is empty
     or highdicom rejects the content.
     """
@@ -189,7 +198,7 @@ def build_report(
     multi_frame = number_of_frames(source) > 1 and is_multiframe_class(str(source.SOPClassUID))
     series_uid, sop_uid = report_uids(source, identity)
     evidence = _evidence_view(source)
-    content = _content(caption, source, identity, frame_index + 1 if multi_frame else None)
+    content = _content(caption, source, identity, frame_index + 1 if multi_frame else None, note)
 
     def make(evidence_view: Dataset) -> hd.sr.ComprehensiveSR:
         return hd.sr.ComprehensiveSR(

@@ -2,7 +2,8 @@
 
 :func:`medblip_dicom.report.build_report` writes the caption into a TID 2000 content tree; this is
 its inverse. ``CaptionReport.from_dataset(sr)`` finds, by concept codes (never by position), the
-caption (Finding, 121071 DCM), the device observer that wrote it (121012 UID, 121013 name, 121015
+caption (Finding, 121071 DCM), its note (Comment, 121106 DCM: the series a representative speaks
+for), the device observer that wrote it (121012 UID, 121013 name, 121015
 model name, which holds the model's version), the referenced source image (121324 DCM), the
 document flags and the weights digest (Device Serial Number). ``medblip show-sr``, the services'
 tests and everything that handles a written report read it through this view.
@@ -21,6 +22,7 @@ from medblip_dicom.errors import ReportError
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 FINDING = "121071"
+COMMENT = "121106"
 SOURCE_IMAGE = "121324"
 DEVICE_OBSERVER_UID = "121012"
 DEVICE_OBSERVER_NAME = "121013"
@@ -46,6 +48,7 @@ class CaptionReport:
     preliminary_flag: str
     completion_flag: str
     manufacturer: str
+    note: str = ""
 
     @property
     def verified(self) -> bool:
@@ -80,6 +83,7 @@ class CaptionReport:
             preliminary_flag=str(sr.get("PreliminaryFlag", "")),
             completion_flag=str(sr.get("CompletionFlag", "")),
             manufacturer=str(sr.get("Manufacturer", "")),
+            note=_text(sr, COMMENT) or "",
         )
 
     @classmethod

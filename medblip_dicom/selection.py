@@ -301,9 +301,17 @@ def decide(facts: InstanceFacts, config: SelectConfig) -> Decision:
 
 
 def representative(members: Sequence[InstanceFacts]) -> InstanceFacts:
-    """The one instance of a series to caption (see the module docstring)."""
+    """The one instance of a series to caption (see the module docstring).
+
+    Files that carry the same SOPInstanceUID are one instance: the choice is made among distinct
+    instances (the first file of each), so a second copy neither shifts the middle nor competes.
+    """
     if not members:
         raise ValueError("a series without instances has no representative")
+    distinct: dict[str, InstanceFacts] = {}
+    for m in members:
+        distinct.setdefault(m.sop_instance_uid, m)
+    members = list(distinct.values())
     if all(m.slice_position is not None for m in members):
         order = sorted(members, key=lambda m: (m.slice_position, m.sop_instance_uid))
     elif all(m.instance_number is not None for m in members):
@@ -350,7 +358,8 @@ def plan(facts: Iterable[InstanceFacts], config: SelectConfig) -> list[Choice]:
     for f, d in zip(items, decisions):
         if d.caption and not config.each and f.series_instance_uid:
             groups.setdefault(f.series_instance_uid, _Group()).members.append(f)
-    chosen = {uid: representative(g.members) for uid, g in groups.items()}
+    chosen = {uid: representative(g.members).sop_instance_uid for uid, g in groups.items()}
+    sizes = {uid: len({m.sop_instance_uid for m in g.members}) for uid, g in groups.items()}
     out = []
     for f, d in zip(items, decisions):
         if not d.caption:
@@ -358,11 +367,11 @@ def plan(facts: Iterable[InstanceFacts], config: SelectConfig) -> list[Choice]:
         elif config.each or not f.series_instance_uid:
             out.append(Choice(f, True))
         else:
-            rep, size = chosen[f.series_instance_uid], len(groups[f.series_instance_uid].members)
-            if rep is f:
+            rep, size = chosen[f.series_instance_uid], sizes[f.series_instance_uid]
+            if f.sop_instance_uid == rep:  # every file of the chosen instance (copies are the same instance)
                 out.append(Choice(f, True, series_size=size))
             else:
-                out.append(Choice(f, False, not_representative_reason(f.series_instance_uid, rep.sop_instance_uid),
+                out.append(Choice(f, False, not_representative_reason(f.series_instance_uid, rep),
                                   "not_representative", size))
     return out
 

@@ -25,10 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from medblip_dicom.dicomfile import content_offset, deflate_bomb_at
+from medblip_dicom.dicomfile import content_offset
 from medblip_dicom.fileio import atomic_move, atomic_write_bytes, fsync_dir
+from medblip_dicom.reading import read_header
+from medblip_dicom.selection import FACT_KEYWORDS, InstanceFacts
 
 from medblip_dicom.integrations.spool.journal import Job, JobState, SpoolError
 
@@ -50,33 +52,39 @@ class InstanceInfo:
     series_instance_uid: str | None = None
     transfer_syntax_uid: str | None = None
     manufacturer: str | None = None
+    #: :class:`~medblip_dicom.selection.InstanceFacts` as a dict: what selection decides by.
+    facts: dict[str, Any] | None = None
+
+
+#: What admission reads of an instance's header: the journal's columns and the selection facts.
+INFO_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Manufacturer", *FACT_KEYWORDS)
+
+
+def instance_info(ds: Any, transfer_syntax_uid: str | None = None) -> InstanceInfo:
+    """The identifying attributes and selection facts of a data set (a value that cannot be read is absent)."""
+    def get(keyword: str) -> str | None:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # noqa: BLE001 - a broken value: the worker reports it
+            return None
+        text = str(value).strip() if value is not None else ""
+        return text[:128] or None
+
+    if transfer_syntax_uid is None:
+        meta = getattr(ds, "file_meta", None)
+        ts = meta.get("TransferSyntaxUID") if meta is not None else None
+        transfer_syntax_uid = str(ts) if ts else None
+    return InstanceInfo(get("SOPInstanceUID"), get("SOPClassUID"), get("StudyInstanceUID"), get("SeriesInstanceUID"),
+                        transfer_syntax_uid, get("Manufacturer"), InstanceFacts.from_dataset(ds).to_dict())
 
 
 def read_instance_info(path: Path | BinaryIO) -> InstanceInfo:
-    """Read the identifying attributes from a file's header; an unreadable file gives empty info."""
-    import pydicom
+    """Read the identifying attributes from a file's header; an unreadable file gives empty info.
 
-    try:
-        # A deflated data set is inflated whole by pydicom: measure it first (streaming), and leave
-        # one that would inflate absurdly to the worker, which refuses it with the reason.
-        with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as fh:
-            if deflate_bomb_at(fh):
-                return InstanceInfo()
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=4096,
-                             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
-                                            "SeriesInstanceUID", "Manufacturer"])
-        meta = getattr(ds, "file_meta", None)
-        ts = meta.get("TransferSyntaxUID") if meta is not None else None
-
-        def get(keyword: str) -> str | None:
-            value = ds.get(keyword)
-            text = str(value).strip() if value is not None else ""
-            return text[:128] or None
-
-        return InstanceInfo(get("SOPInstanceUID"), get("SOPClassUID"), get("StudyInstanceUID"),
-                            get("SeriesInstanceUID"), str(ts) if ts else None, get("Manufacturer"))
-    except Exception:  # noqa: BLE001 - any parse failure: the worker reports the reason
-        return InstanceInfo()
+    A deflated data set that would inflate absurdly is left unread: the worker refuses it with the reason.
+    """
+    ds = read_header(path, INFO_TAGS)
+    return InstanceInfo() if ds is None else instance_info(ds)
 
 
 class ContentHasher:

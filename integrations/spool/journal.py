@@ -1,11 +1,5 @@
-"""The spool's journal: one SQLite file in WAL mode holding every job and its state.
-
-Job states::
-
-    received -> processing -> reported -> delivered
-                     |            |
-                     +-> failed <-+        (error class, reason and DICOM status are columns)
-                     +-> skipped           (non-images, our own outputs, duplicates)
+"""The spool's journal: one SQLite file in WAL mode holding every job and its state
+(the states and rows are in :mod:`.rows`).
 
 Every change is one write transaction (``BEGIN IMMEDIATE`` takes the write lock across processes;
 ``synchronous=FULL``: a commit is on disk). Several processes may share one journal. Reading it
@@ -17,137 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from medblip_dicom.errors import MedblipError
-
-SCHEMA_VERSION = 2
-
-
-class SpoolError(MedblipError):
-    """The spool cannot do what was asked (unreadable journal, missing folder, ...)."""
-
-
-class JobState(str, Enum):
-    """Where a job stands (see the module docstring)."""
-
-    RECEIVED = "received"
-    PROCESSING = "processing"
-    REPORTED = "reported"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-PENDING_STATES = (JobState.RECEIVED, JobState.PROCESSING, JobState.REPORTED)
-FINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.SKIPPED)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the journal."""
-
-    id: int
-    origin: str
-    name: str
-    input_file: str
-    state: JobState
-    sop_instance_uid: str | None
-    sop_class_uid: str | None
-    study_instance_uid: str | None
-    series_instance_uid: str | None
-    transfer_syntax_uid: str | None
-    content_sha256: str
-    size: int
-    error_class: str | None
-    reason: str | None
-    dicom_status: int | None
-    received_at: float
-    updated_at: float
-    reported_at: float | None
-    finished_at: float | None
-    attempts: int
-    next_attempt_at: float
-    owner: str | None
-    reports: tuple[str, ...]
-    sr_sop_instance_uid: str | None
-    done_dir: str | None
-    failed_dir: str | None
-    disposed: bool
-    final_path: str | None
-
-    @property
-    def error(self) -> str | None:
-        """The reason as people read it: ``ErrorClass: message`` (or the message alone)."""
-        if self.reason is None:
-            return None
-        return f"{self.error_class}: {self.reason}" if self.error_class else self.reason
-
-
-@dataclass(frozen=True)
-class SpoolSummary:
-    """Counts per state, pending bytes and the oldest pending job: what ``medblip status`` prints."""
-
-    counts: dict[str, int]
-    pending_bytes: int
-    oldest_pending: Job | None
-    now: float
-
-    @property
-    def queue_depth(self) -> int:
-        return sum(self.counts.get(s.value, 0) for s in PENDING_STATES)
-
-    @property
-    def done(self) -> int:
-        return self.counts.get("delivered", 0) + self.counts.get("skipped", 0)
-
-    @property
-    def failed(self) -> int:
-        return self.counts.get("failed", 0)
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    origin TEXT NOT NULL,
-    name TEXT NOT NULL,
-    input_file TEXT NOT NULL,
-    state TEXT NOT NULL,
-    sop_instance_uid TEXT,
-    sop_class_uid TEXT,
-    study_instance_uid TEXT,
-    series_instance_uid TEXT,
-    transfer_syntax_uid TEXT,
-    content_sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    error_class TEXT,
-    reason TEXT,
-    dicom_status INTEGER,
-    received_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    reported_at REAL,
-    finished_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    owner TEXT,
-    reports TEXT NOT NULL DEFAULT '[]',
-    sr_sop_instance_uid TEXT,
-    done_dir TEXT,
-    failed_dir TEXT,
-    disposed INTEGER NOT NULL DEFAULT 0,
-    final_path TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
-CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs(sop_instance_uid, content_sha256);
-CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs(study_instance_uid);
-"""
+from medblip_dicom.integrations.spool.rows import (  # noqa: F401 - re-exported: the journal's vocabulary
+    ADDED_COLUMNS, FINAL_STATES, PENDING_STATES, SCHEMA, SCHEMA_VERSION, Job, JobState, SpoolError, SpoolSummary,
+)
 
 _PENDING = tuple(s.value for s in PENDING_STATES)
 
@@ -179,10 +53,11 @@ class Journal:
             raise SpoolError(f"{self.path}: the journal cannot use WAL mode (got {mode}); put the spool on a local disk")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "error_class" not in columns:  # a version 1 spool: the class was part of the reason text
-            self._db.execute("ALTER TABLE jobs ADD COLUMN error_class TEXT")
+        for name, kind in ADDED_COLUMNS.items():  # an older journal: add what it lacks, keep every row
+            if columns and name not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -213,7 +88,8 @@ class Journal:
         data["state"] = JobState(data["state"])
         data["reports"] = tuple(json.loads(data["reports"] or "[]"))
         data["disposed"] = bool(data["disposed"])
-        data.setdefault("error_class", None)
+        for flag in ("selected", "representative"):
+            data[flag] = bool(data.get(flag))
         return Job(**data)
 
     def job(self, job_id: int) -> Job:
@@ -237,10 +113,11 @@ class Journal:
     def count(self, state: JobState) -> int:
         return int(self.rows("SELECT COUNT(*) FROM jobs WHERE state=?", (state.value,))[0][0])
 
-    def oldest_received_at(self) -> float | None:
-        """Arrival time of the oldest job waiting for the worker."""
-        row = self.rows("SELECT MIN(received_at) FROM jobs WHERE state=?", (JobState.RECEIVED.value,))[0]
-        return float(row[0]) if row[0] is not None else None
+    def claimable(self) -> tuple[int, float | None]:
+        """How many jobs the worker may claim now (received and selected), and when the oldest arrived."""
+        row = self.rows("SELECT COUNT(*), MIN(received_at) FROM jobs WHERE state=? AND selected=1",
+                        (JobState.RECEIVED.value,))[0]
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
     def pending_bytes(self) -> int:
         """Bytes of inputs still in the spool (received, processing, reported)."""
@@ -259,7 +136,16 @@ class Journal:
             for row in self.rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
                 counts[row[0]] = int(row[1])
             rows = self.rows("SELECT * FROM jobs WHERE state IN (?, ?, ?) ORDER BY received_at, id LIMIT 1", _PENDING)
-            return SpoolSummary(counts, self.pending_bytes(), self.to_job(rows[0]) if rows else None, time.time())
+            try:
+                held = int(self.rows("SELECT COUNT(*) FROM jobs WHERE state=? AND selected=0",
+                                     (JobState.RECEIVED.value,))[0][0])
+                skipped_by = {str(r[0] or "other"): int(r[1]) for r in self.rows(
+                    "SELECT error_class, COUNT(*) FROM jobs WHERE state=? GROUP BY error_class ORDER BY 2 DESC",
+                    (JobState.SKIPPED.value,))}
+            except sqlite3.OperationalError:  # an older journal read read-only: it has no such columns yet
+                held, skipped_by = 0, {}
+            return SpoolSummary(counts, self.pending_bytes(), self.to_job(rows[0]) if rows else None, time.time(),
+                                held, skipped_by)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot read {self.path}: {exc}") from None
 
@@ -277,7 +163,7 @@ class Journal:
     def claim(self, limit: int, owner: str) -> list[int]:
         """Move up to `limit` received jobs (oldest first) to processing, owned by `owner`."""
         with self.write() as db:
-            ids = [int(r[0]) for r in db.execute("SELECT id FROM jobs WHERE state=? ORDER BY id LIMIT ?",
+            ids = [int(r[0]) for r in db.execute("SELECT id FROM jobs WHERE state=? AND selected=1 ORDER BY id LIMIT ?",
                                                  (JobState.RECEIVED.value, limit))]
             if ids:
                 db.execute(f"UPDATE jobs SET state=?, owner=?, updated_at=? WHERE id IN ({_marks(ids)})",
@@ -360,6 +246,52 @@ class Journal:
                     out.append((int(job_id), JobState.RECEIVED.value, int(attempts)))
         return out
 
+    # -- selection (see medblip_dicom.integrations.selector) ------------------------------------
+
+    def unselected(self) -> list[Job]:
+        """Received jobs that selection has not decided on yet, oldest first."""
+        return self.jobs(JobState.RECEIVED, where="selected=0")
+
+    def select(self, job_ids: Sequence[int], *, note: str | None = None, representative: bool = False) -> None:
+        """Let the worker claim these jobs (with the note their SR carries)."""
+        if not job_ids:
+            return
+        with self.write() as db:
+            db.execute(f"UPDATE jobs SET selected=1, representative=?, note=COALESCE(?, note), updated_at=? "
+                       f"WHERE id IN ({_marks(job_ids)}) AND state=?",
+                       (int(representative), note, time.time(), *job_ids, JobState.RECEIVED.value))
+
+    def decide_series(self, representative_ids: Sequence[int], note: str, skipped: Sequence[tuple[int, str]]) -> None:
+        """One series decided, in one transaction: its representative may be claimed, the others are
+        skipped (a crash leaves either the whole decision or none of it)."""
+        now = time.time()
+        with self.write() as db:
+            db.execute(f"UPDATE jobs SET selected=1, representative=1, note=?, updated_at=? "
+                       f"WHERE id IN ({_marks(representative_ids)}) AND state=?",
+                       (note, now, *representative_ids, JobState.RECEIVED.value))
+            for job_id, reason in skipped:
+                db.execute("UPDATE jobs SET state=?, error_class='NotRepresentative', reason=?, owner=NULL, "
+                           "finished_at=?, updated_at=? WHERE id=? AND state=?",
+                           (JobState.SKIPPED.value, reason, now, now, job_id, JobState.RECEIVED.value))
+
+    def captioned_for_series(self, series_uid: str) -> Job | None:
+        """The job that speaks for a series already (its representative, unless it failed)."""
+        found = self.jobs(where="series_instance_uid=? AND representative=1 AND state<>?",
+                          params=(series_uid, JobState.FAILED.value))
+        return found[0] if found else None
+
     def mark_disposed(self, job_id: int, final_path: str | None) -> None:
         with self.write() as db:
             db.execute("UPDATE jobs SET disposed=1, final_path=? WHERE id=?", (final_path, job_id))
+
+
+def open_readonly_summary(root: str | os.PathLike[str]) -> SpoolSummary:
+    """Summarise a spool without creating or changing anything (for ``medblip status``)."""
+    path = Path(root) / "journal.sqlite"
+    if not path.is_file():
+        raise SpoolError(f"{root} is not a spool folder (no journal.sqlite in it)")
+    journal = Journal(path, readonly=True)
+    try:
+        return journal.summary()
+    finally:
+        journal.close()

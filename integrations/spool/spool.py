@@ -23,6 +23,7 @@ its own.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -147,8 +148,9 @@ class Spool:
     def count(self, state: JobState) -> int:
         return self.journal.count(state)
 
-    def oldest_received_at(self) -> float | None:
-        return self.journal.oldest_received_at()
+    def claimable(self) -> tuple[int, float | None]:
+        """How many jobs the worker may claim now, and when the oldest of them arrived."""
+        return self.journal.claimable()
 
     def pending_bytes(self) -> int:
         return self.journal.pending_bytes()
@@ -236,26 +238,28 @@ class Spool:
         os.replace(tmp, self.root / rel)
         fsync_dir(self.root / "inputs")
         now = time.time()
-        state, reason, duplicate_of = JobState.RECEIVED, None, None
+        state, error_class, reason, duplicate_of = JobState.RECEIVED, None, None, None
         try:
             with self.journal.write() as db:
                 if info.sop_instance_uid:
                     duplicate_of = self.journal.duplicate_of(db, info.sop_instance_uid, sha)
                     if duplicate_of is not None:
-                        state = JobState.SKIPPED
+                        state, error_class = JobState.SKIPPED, "Duplicate"
                         reason = f"duplicate of job {duplicate_of} (same SOPInstanceUID and content)"
                 if duplicate_of is None and info.manufacturer == OWN_MANUFACTURER:
-                    state, reason = JobState.SKIPPED, "written by medblip-dicom itself (loop guard): not captioned"
+                    state, error_class = JobState.SKIPPED, "OwnOutput"
+                    reason = "written by medblip-dicom itself (loop guard): not captioned"
                 cur = db.execute(
                     "INSERT INTO jobs (origin, name, input_file, state, sop_instance_uid, sop_class_uid, "
-                    "study_instance_uid, series_instance_uid, transfer_syntax_uid, content_sha256, size, reason, "
-                    "received_at, updated_at, finished_at, done_dir, failed_dir) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "study_instance_uid, series_instance_uid, transfer_syntax_uid, content_sha256, size, error_class, "
+                    "reason, received_at, updated_at, finished_at, done_dir, failed_dir, facts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (origin, name, rel, state.value, info.sop_instance_uid, info.sop_class_uid,
                      info.study_instance_uid, info.series_instance_uid, info.transfer_syntax_uid, sha, size,
-                     reason, now, now, now if state is JobState.SKIPPED else None,
+                     error_class, reason, now, now, now if state is JobState.SKIPPED else None,
                      os.fspath(done_dir) if done_dir is not None else None,
-                     os.fspath(failed_dir) if failed_dir is not None else None),
+                     os.fspath(failed_dir) if failed_dir is not None else None,
+                     json.dumps(info.facts) if info.facts else None),
                 )
                 job_id = int(cur.lastrowid)
         except BaseException:
@@ -273,8 +277,15 @@ class Spool:
 
     # -- worker and delivery side ----------------------------------------------------------------
 
+    def select(self, job_ids: Sequence[int]) -> None:
+        """Selection let these received jobs through: the worker may claim them
+        (:mod:`medblip_dicom.integrations.selector` decides; this is its simplest verdict)."""
+        self.journal.select(job_ids)
+        if job_ids:
+            self.received_event.set()
+
     def claim(self, limit: int) -> list[Job]:
-        """Move up to `limit` received jobs (oldest first) to processing, owned by this instance."""
+        """Move up to `limit` selected received jobs (oldest first) to processing, owned by this instance."""
         return [self.job(i) for i in self.journal.claim(limit, self.owner)]
 
     def mark_reported(self, job_id: int, report_files: Sequence[Path], sr_sop_instance_uid: str) -> None:
@@ -392,17 +403,3 @@ class Spool:
                          job.id, exc)
             return
         self.journal.mark_disposed(job.id, os.fspath(final) if final is not None else None)
-
-
-def open_readonly_summary(root: str | os.PathLike[str]) -> SpoolSummary:
-    """Summarise a spool without creating or changing anything (for ``medblip status``)."""
-    from medblip_dicom.integrations.spool.journal import SpoolError
-
-    path = Path(root) / "journal.sqlite"
-    if not path.is_file():
-        raise SpoolError(f"{root} is not a spool folder (no journal.sqlite in it)")
-    journal = Journal(path, readonly=True)
-    try:
-        return journal.summary()
-    finally:
-        journal.close()

@@ -17,9 +17,15 @@ examples:
   medblip caption /data/study1 /data/study2 --model ./my-blip-model --out reports/ --batch-size 16
   medblip caption cine.dcm --model Salesforce/blip-image-captioning-base --frame 0 --num-beams 1
 
-Folders are searched recursively (hidden files are ignored). Non-image DICOM found in a folder
-(SR, presentation states, DICOMDIR, ...) is reported as skipped; a file named on the command line
-that cannot be captioned counts as failed. Each captioned file prints one line
+  medblip caption /data/ct-study --model ./my-blip-model --out reports/ --per-series each
+  medblip caption /data/study --model ./my-blip-model --out reports/ --select medblip.toml
+
+Folders are searched recursively (hidden files are ignored). What was given is a complete set: by
+default one caption per series (its representative, the middle instance by position; the others
+are reported as skipped) and localizers and scouts are skipped; --per-series each captions every
+image; --select FILE takes the [select] table (rules, per_series) of a TOML file. Non-image DICOM
+found in a folder (SR, presentation states, DICOMDIR, ...) is reported as skipped; a file named on
+the command line that cannot be captioned counts as failed. Each captioned file prints one line
 `SOURCE<TAB>SR-PATH<TAB>CAPTION` on stdout.
 """
 
@@ -48,6 +54,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     cap.add_argument("--frame", type=int, default=None,
                      help="0-based frame of multi-frame images (default: the middle frame)")
     cap.add_argument("--workers", type=int, default=None, help="threads that read and decode ahead of the model")
+    cap.add_argument("--per-series", choices=["representative", "each"], default=None,
+                     help="one caption per series (representative, the default) or per image (each)")
+    cap.add_argument("--select", type=Path, default=None, metavar="FILE",
+                     help="TOML file whose [select] table holds the rules and per_series")
     cap.add_argument("--preview", action="store_true",
                      help="also write <source SOPInstanceUID>.png: the windowed image with its caption beneath "
                      "(into --out, or ./previews)")
@@ -91,10 +101,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if not inputs:
         say_error("caption", "no files found under " + " ".join(args.paths))
         return EXIT_USAGE
+    try:
+        select = _select_config(args.select, args.per_series)
+    except (ValueError, OSError) as exc:
+        say_error("caption", exc)
+        return EXIT_USAGE
 
     from tqdm import tqdm
 
-    from medblip_dicom.api import CaptionFailure, caption_dicoms, load_captioner
+    from medblip_dicom.api import CaptionFailure, CaptionSkipped, caption_dicoms, load_captioner
     from medblip_dicom.errors import MedblipError, NotAnImageError
 
     named = dict(inputs)
@@ -109,9 +124,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     done = failed = skipped = 0
     progress = tqdm(total=len(inputs), unit="file", disable=args.quiet or None, file=sys.stderr)
     outcomes = caption_dicoms([p for p, _ in inputs], model=captioner, output_dir=args.out, frame=args.frame,
-                              batch_size=args.batch_size, workers=args.workers)
+                              batch_size=args.batch_size, workers=args.workers, select=select)
     for outcome in outcomes:
         progress.update(1)
+        if isinstance(outcome, CaptionSkipped):
+            skipped += 1
+            progress.write(f"skipped {outcome.source}: {outcome.reason}", file=sys.stderr)
+            continue
         if isinstance(outcome, CaptionFailure):
             if isinstance(outcome.error, NotAnImageError) and not named.get(outcome.source, True):
                 skipped += 1
@@ -139,3 +158,24 @@ def cmd_caption(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _select_config(path: Path | None, per_series: str | None):  # noqa: ANN202 - SelectConfig, imported lazily
+    """The [select] table of `path` (if any) with --per-series on top."""
+    import dataclasses
+    import tomllib
+
+    from medblip_dicom.selection import config_from_mapping
+
+    table = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                table = tomllib.load(fh).get("select", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        config = config_from_mapping(table)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return dataclasses.replace(config, per_series=per_series) if per_series else config

@@ -136,3 +136,35 @@ class TestPlan:
         ct = [InstanceFacts.from_dataset(pydicom.dcmread(p, stop_before_pixels=True))
               for p in ct_series(td, tmp_path, 3)]
         assert all(c.caption for c in plan(ct, SelectConfig(per_series="each")))
+
+
+class TestCaptionDicoms:
+    def test_select_yields_one_outcome_per_source_in_order(self, td, tmp_path, captioner):
+        from medblip_dicom import CaptionResult, CaptionSkipped, caption_dicoms
+
+        ct = ct_series(td, tmp_path / "ct", 5, shuffle=True)
+        junk = tmp_path / "junk.dcm"
+        junk.write_bytes(b"not dicom")
+        sources = [str(ct[0]), str(junk), td("MR_small.dcm"), *map(str, ct[1:])]
+        outcomes = list(caption_dicoms(sources, model=captioner, select=SelectConfig(), batch_size=2))
+        assert [o.source for o in outcomes] == sources
+        results = [o for o in outcomes if isinstance(o, CaptionResult)]
+        skipped = [o for o in outcomes if isinstance(o, CaptionSkipped)]
+        assert len(results) == 2 and len(skipped) == 4 and not outcomes[1].ok  # junk fails, with its reason
+        mid = representative([InstanceFacts.from_dataset(pydicom.dcmread(p)) for p in ct]).sop_instance_uid
+        assert mid in {r.sop_instance_uid for r in results}
+        assert all(s.kind == "not_representative" and mid in s.reason for s in skipped)
+        ct_report = next(r for r in results if r.sop_instance_uid == mid)
+        assert "5 instances" in note_of(ct_report.sr)
+
+    def test_without_select_every_source_is_captioned(self, td, tmp_path, captioner):
+        from medblip_dicom import caption_dicoms
+
+        ct = ct_series(td, tmp_path / "ct", 3)
+        assert all(o.ok for o in caption_dicoms(list(map(str, ct)), model=captioner))
+
+
+def note_of(sr) -> str:
+    from medblip_dicom.report_view import CaptionReport
+
+    return CaptionReport.from_dataset(sr).note

@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-from tests.support.fixtures import mixed_study, no_leaked_threads, orthanc_factory, run_service  # noqa: F401 - fixtures
+from tests.support.fixtures import (  # noqa: F401 - fixtures
+    mixed_study, no_leaked_threads, orthanc_factory, run_service, services, weights_sha256,
+)

@@ -62,6 +62,9 @@ def test_flags_override_the_file_and_relative_paths_follow_the_file(tmp_path):
     ('[model]\ndtype = "int8"\n', "[model] dtype"),
     ('[output]\npicture = "yes"\n', "[output] picture"),
     ('[watch]\nignore = "*.tmp"\n', "[watch] ignore"),
+    ('[select]\nper_series = "all"\n', "[select] per_series"),
+    ('[[select.rule]]\naction = "skip"\nmodalty = ["CT"]\n', "unknown key 'modalty'"),
+    ('[[select.rule]]\naction = "skip"\nseries_description = "(chest"\n', "series_description"),
     ('not toml at all [', "not valid TOML"),
 ])
 def test_mistakes_are_refused_naming_the_key(tmp_path, text, key):
@@ -85,12 +88,15 @@ def _documented() -> dict[tuple[str, str], bool]:
     found: dict[tuple[str, str], bool] = {}
     section = ""
     for line in readme_toml().splitlines():
+        if line.startswith("[["):  # an array of tables ([[select.rule]]): an example, tested on its own
+            section = ""
+            continue
         head = re.match(r"^\[([a-z.]+)\]", line)
         if head:
             section = head.group(1)
             continue
         entry = re.match(r"^([a-z_]+)\s*=", line)
-        if entry:
+        if entry and section:
             comment = line.split("#", 1)[1].strip() if "#" in line else ""
             found[(section, entry.group(1))] = comment.startswith("example")
     return found
@@ -107,6 +113,8 @@ def test_the_readme_reference_documents_every_key_and_its_default(tmp_path):
     defaults = ServiceConfig()
     for name, cls in _SECTIONS.items():
         for f in fields(cls):
+            if (name, f.name) == ("select", "rules"):  # documented as [[select.rule]] tables
+                continue
             value = getattr(getattr(defaults, name), f.name)
             if is_dataclass(value):  # a sub-table such as [node.tls]
                 for sub in fields(value):
@@ -126,3 +134,14 @@ def test_the_readme_reference_documents_every_key_and_its_default(tmp_path):
         holder = getattr(getattr(parsed, top), sub) if sub else getattr(parsed, top)
         assert getattr(holder, key) == code[(section, key)], f"[{section}] {key}: the README says "\
             f"{getattr(holder, key)!r}, the default is {code[(section, key)]!r}"
+
+
+def test_the_readme_example_rule_parses_and_skips_presentation_states(tmp_path):
+    from medblip_dicom.selection import InstanceFacts, decide
+
+    path = tmp_path / "reference.toml"
+    path.write_text(readme_toml())
+    select = load_config(path).select
+    assert select.per_series == "representative" and len(select.rules) == 1
+    assert not decide(InstanceFacts("1.2", modality="PR"), select).caption
+    assert decide(InstanceFacts("1.3", modality="CT"), select).caption

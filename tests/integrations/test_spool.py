@@ -44,6 +44,8 @@ def test_lifecycle_received_processing_reported_delivered(spool, td, tmp_path):
     assert spool.input_path(job).read_bytes() == Path(ct).read_bytes()
     assert spool.pending_bytes() == os.path.getsize(ct)
 
+    assert spool.claim(10) == []  # held until selection lets it through
+    spool.select([admission.job_id])
     (claimed,) = spool.claim(10)
     assert claimed.state is JobState.PROCESSING and claimed.owner == spool.owner
     report = spool.report_dir(claimed.id) / "sr.dcm"
@@ -110,7 +112,8 @@ def test_byte_limit_and_free_space_floor_refuse_new_work(tmp_path, td):
 
 #: A process that opens the spool given as argv[1], claims both jobs, says so and kills itself.
 _CLAIM_THEN_DIE = ("import os, signal, sys; from medblip_dicom.integrations.spool import Spool; "
-                   "s = Spool(sys.argv[1], min_free_bytes=0); assert len(s.claim(5)) == 2; "
+                   "s = Spool(sys.argv[1], min_free_bytes=0); s.select([j.id for j in s.jobs('received')]); "
+                   "assert len(s.claim(5)) == 2; "
                    "print('claimed', flush=True); os.kill(os.getpid(), signal.SIGKILL)")
 
 
@@ -161,7 +164,7 @@ def test_claims_of_an_unreaped_killed_process_are_released_while_running(tmp_pat
 
 def test_claims_of_a_live_instance_are_not_stolen(tmp_path, td):
     with Spool(tmp_path / "spool", min_free_bytes=0) as first:
-        first.add_file(td("CT_small.dcm"), origin="test", name="ct.dcm")
+        first.select([first.add_file(td("CT_small.dcm"), origin="test", name="ct.dcm").job_id])
         assert len(first.claim(1)) == 1
         with Spool(tmp_path / "spool", min_free_bytes=0) as second:
             assert second.recover()["requeued"] == 0
@@ -211,3 +214,32 @@ def test_summary_counts_and_oldest_pending(spool, td):
     summary = spool.summary()
     assert summary.queue_depth == 1 and summary.failed == 1 and summary.done == 0
     assert summary.oldest_pending.name == "b"
+
+
+def test_a_journal_of_the_first_version_is_read_and_migrated_without_losing_a_row(tmp_path):
+    """Spools written before error classes and selection existed keep working: `status` reads them
+    as they are, and opening one adds the new columns (held jobs are then decided by selection)."""
+    import sqlite3
+
+    from medblip_dicom.integrations.spool import open_readonly_summary
+    from medblip_dicom.integrations.spool.rows import SCHEMA
+
+    root = tmp_path / "old"
+    root.mkdir()
+    v1 = SCHEMA
+    for column in ("    error_class TEXT,\n", "    facts TEXT,\n", "    selected INTEGER NOT NULL DEFAULT 0,\n",
+                   "    representative INTEGER NOT NULL DEFAULT 0,\n", "    note TEXT\n"):
+        v1 = v1.replace(column, "")
+    v1 = v1.replace("final_path TEXT,\n);", "final_path TEXT\n);").replace(
+        "CREATE INDEX IF NOT EXISTS jobs_by_series ON jobs(series_instance_uid);\n", "")
+    db = sqlite3.connect(root / "journal.sqlite")
+    db.executescript(v1)
+    db.execute("INSERT INTO jobs (origin, name, input_file, state, content_sha256, size, reason, received_at, "
+               "updated_at) VALUES ('node', 'a.dcm', 'inputs/a.dcm', 'failed', 'x', 1, 'InvalidDicomError: test', 1, 1)")
+    db.commit()
+    db.close()
+    summary = open_readonly_summary(root)
+    assert summary.counts["failed"] == 1 and summary.held == 0
+    with Spool(root, min_free_bytes=0) as spool:
+        (job,) = spool.jobs()
+        assert job.reason == "InvalidDicomError: test" and job.error_class is None and not job.selected

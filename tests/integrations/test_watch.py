@@ -120,7 +120,8 @@ def test_restart_with_jobs_pending_finishes_them(tmp_path, td, run_service):
     assert list(p for p in inbox.iterdir() if p.is_file()) == []
     # A second process claims a job and dies without a word (SIGKILL), mid-"processing".
     code = ("import os, signal, sys; from medblip_dicom.integrations.spool import Spool; "
-            "s = Spool(sys.argv[1], min_free_bytes=0); s.claim(1); os.kill(os.getpid(), signal.SIGKILL)")
+            "s = Spool(sys.argv[1], min_free_bytes=0); s.select([j.id for j in s.jobs('received')]); s.claim(1); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code, str(config.spool.dir)], timeout=60)
     assert proc.returncode == -signal.SIGKILL
     with Spool(config.spool.dir, min_free_bytes=0) as spool:

@@ -14,6 +14,10 @@ from tests.support.env import wait_for
 from medblip_dicom.integrations.spool import JobState, Spool
 from medblip_dicom.report_view import CaptionReport
 from medblip_dicom.integrations.worker import Worker
+from medblip_dicom.selection import SelectConfig
+
+#: One report per instance: these tests are about batching and outcomes, not about series.
+EACH = SelectConfig(per_series="each")
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def running():
 
 def test_batches_fill_up_to_the_size_and_a_lone_job_waits_at_most_max_wait(spool, captioner, td, tmp_path,
                                                                             running):
-    worker = Worker(spool, captioner, batch_size=3, max_wait_s=0.6, prepare_workers=1)
+    worker = Worker(spool, captioner, batch_size=3, max_wait_s=0.6, prepare_workers=1, select=EACH)
     for i in range(7):
         spool.add_file(reissued(td, "CT_small.dcm", tmp_path / "src"), origin="test", name=f"{i}.dcm")
     running(worker)
@@ -59,7 +63,7 @@ def test_batches_fill_up_to_the_size_and_a_lone_job_waits_at_most_max_wait(spool
 
 
 def test_outcomes_reported_skipped_failed(spool, captioner, td, tmp_path):
-    worker = Worker(spool, captioner, batch_size=8, prepare_workers=0)
+    worker = Worker(spool, captioner, batch_size=8, prepare_workers=0, select=EACH)
     good = spool.add_file(td("CT_small.dcm"), origin="test", name="ct.dcm")
     sr = spool.add_file(td("test-SR.dcm"), origin="test", name="sr.dcm")
     trunc = tmp_path / "trunc.dcm"
@@ -82,7 +86,7 @@ def test_outcomes_reported_skipped_failed(spool, captioner, td, tmp_path):
 
 
 def test_a_batch_the_model_fails_is_retried_job_by_job(spool, captioner, td, tmp_path, monkeypatch):
-    worker = Worker(spool, captioner, batch_size=4, prepare_workers=0)
+    worker = Worker(spool, captioner, batch_size=4, prepare_workers=0, select=EACH)
     for i in range(3):
         spool.add_file(reissued(td, "CT_small.dcm", tmp_path / "src"), origin="test", name=f"{i}.dcm")
     real = captioner.generate
@@ -101,7 +105,7 @@ def test_a_batch_the_model_fails_is_retried_job_by_job(spool, captioner, td, tmp
 
 
 def test_model_that_keeps_failing_fails_the_job_after_a_few_attempts(spool, captioner, td, monkeypatch):
-    worker = Worker(spool, captioner, batch_size=1, prepare_workers=0)
+    worker = Worker(spool, captioner, batch_size=1, prepare_workers=0, select=EACH)
     admission = spool.add_file(td("CT_small.dcm"), origin="test", name="ct.dcm")
 
     def broken(pixel_values, settings=None):
@@ -118,7 +122,7 @@ def test_picture_is_a_valid_secondary_capture_of_the_image_with_its_caption(spoo
     from tests.support.env import run_tool
 
     dciodvfy = tool("dciodvfy")
-    worker = Worker(spool, captioner, batch_size=2, prepare_workers=0, picture=True)
+    worker = Worker(spool, captioner, batch_size=2, prepare_workers=0, picture=True, select=EACH)
     source = pydicom.dcmread(td("RG1_UNCI.dcm"))
     admission = spool.add_file(td("RG1_UNCI.dcm"), origin="test", name="cr.dcm")
     worker.process_available()

@@ -28,6 +28,8 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]):
         "worker": {"batch_size": 4, "max_wait_s": 0.2, "prepare_workers": 1},
         "spool": {"dir": str(tmp_path / "spool"), "min_free_bytes": 0},
         "forward": {"retry_initial_s": 0.2, "retry_max_s": 1.0, "timeout_s": 10},
+        # One report per instance unless a test says otherwise: most tests count instances, not series.
+        "select": {"per_series": "each"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -70,6 +72,8 @@ def service_config(folder: Path, model_dir: Path, **sections: dict[str, Any]) ->
         "worker": {"batch_size": 8, "max_wait_s": 0.2, "prepare_workers": 1},
         "spool": {"dir": str(folder / "spool"), "min_free_bytes": 0},
         "forward": {"retry_initial_s": 0.2, "retry_max_s": 1.0, "timeout_s": 10.0},
+        # One report per instance unless a test says otherwise: the floods count instances, not series.
+        "select": {"per_series": "each"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
