@@ -41,6 +41,9 @@ class SeriesSelector:
     def __init__(self, spool: Spool, config: SelectConfig) -> None:
         self.spool = spool
         self.config = config
+        #: Held jobs already through the rules, with their facts: a series of hundreds of slices is
+        #: looked at again at every wake-up until it is quiet; its rows are not parsed every time.
+        self._held: dict[int, InstanceFacts] = {}
 
     def step(self, now: float | None = None, *, complete: bool = False) -> float | None:
         """Decide what can be decided now.
@@ -51,7 +54,12 @@ class SeriesSelector:
         now = time.time() if now is None else now
         held: dict[str, list[tuple[Job, InstanceFacts]]] = defaultdict(list)
         release: list[int] = []
-        for job in self.spool.journal.unselected():
+        waiting = self.spool.journal.unselected()
+        self._held = {job.id: self._held[job.id] for job in waiting if job.id in self._held}
+        for job in waiting:
+            if job.id in self._held:
+                held[self._held[job.id].series_instance_uid].append((job, self._held[job.id]))
+                continue
             facts = self._facts(job)
             if facts is None or not facts.series_instance_uid:
                 release.append(job.id)
@@ -64,6 +72,7 @@ class SeriesSelector:
             elif self.config.each:
                 release.append(job.id)
             else:
+                self._held[job.id] = facts
                 held[facts.series_instance_uid].append((job, facts))
         self.spool.select(release)
         next_due: float | None = None
