@@ -41,7 +41,15 @@ def bleu_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     for n in range(1, 5):
         weights = tuple([1.0 / n] * n)
         scores[f"bleu{n}"] = float(corpus_bleu(refs, hyps, weights=weights))
-    smooth = SmoothingFunction().method1
-    sentence = [sentence_bleu(r, h, smoothing_function=smooth) if h else 0.0 for r, h in zip(refs, hyps)]
+    sentence = [_sentence(r, h) for r, h in zip(refs, hyps)]
     scores["sentence_bleu4"] = float(sum(sentence) / len(sentence))
     return scores
+
+
+def sentence_bleu4(reference: str, hypothesis: str) -> float:
+    """One caption's sentence BLEU-4 (the notebook's metric, see the module docstring)."""
+    return _sentence([tokenize(reference)], tokenize(hypothesis))
+
+
+def _sentence(refs: list[list[str]], hyp: list[str]) -> float:
+    return float(sentence_bleu(refs, hyp, smoothing_function=SmoothingFunction().method1)) if hyp else 0.0

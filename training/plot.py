@@ -32,3 +32,29 @@ def plot_curves(state: Any, path: str | os.PathLike[str]) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_scores(scores: Any, path: str | os.PathLike[str], metrics: tuple[str, ...]) -> Path:
+    """Per-image score distributions (one histogram per metric) and per-modality mean bars (PNG).
+
+    `scores` is the ``scores.csv`` table (a pandas DataFrame with a ``modality`` column).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(metrics), figsize=(3.2 * len(metrics), 6.4), squeeze=False)
+    means = scores.groupby("modality")[list(metrics)].mean()
+    counts = scores["modality"].value_counts()
+    for i, name in enumerate(metrics):
+        axes[0][i].hist(scores[name], bins=20)
+        axes[0][i].set(title=name, xlabel="score per image", ylabel="images")
+        axes[1][i].bar([f"{m}\n(n={counts[m]})" for m in means.index], means[name])
+        axes[1][i].set(title=f"{name} by modality", ylabel="mean")
+        axes[1][i].tick_params(axis="x", labelsize=7, rotation=45)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -30,10 +30,17 @@ curves.png into --out. Options may also come from a TOML file (--config), flags 
 EVALUATE_EXAMPLE = """\
 examples:
   medblip evaluate --model runs/roco1/best --data ~/roco --split test
-  medblip evaluate --model runs/roco1/best --data pairs.csv --out eval/
+  medblip evaluate --model runs/roco1/best --data pairs.csv --out eval/ --metrics meteor,bertscore
+  medblip evaluate --compare base/evaluation/test/predictions.csv runs/roco1/best/evaluation/test/predictions.csv
 
-Writes predictions.csv (id, reference, hypothesis) and metrics.json into --out (default:
-MODEL/evaluation/SPLIT) and prints the metrics as JSON on the last line.
+Writes predictions.csv (id, reference, hypothesis), scores.csv (every per-image metric and the
+modality group), metrics.json (corpus BLEU-1..4, CIDEr-D, ROUGE-1/2/L, ImageCLEF-style BLEU,
+sentence BLEU-4, the same per modality, and every metric's definition) and scores.png into --out
+(default: MODEL/evaluation/SPLIT) and prints the metrics as JSON on the last line. --metrics adds
+optional metrics (meteor, bertscore, bleurt, clipscore): each is computed only when its model or
+data is present locally, else metrics.json says why in one line. --compare A B scores two
+predictions files on the same references side by side, with paired bootstrap 95% intervals of
+B - A (--resamples, --seed); no model is loaded.
 """
 
 
@@ -71,11 +78,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     add_verbosity(train)
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="caption a split and report BLEU",
-                        description="Caption a data split with a model and score it with BLEU.",
+    ev = sub.add_parser("evaluate", help="caption a split and score it; or compare two runs",
+                        description="Caption a data split with a model and score it (BLEU, ROUGE, CIDEr-D, "
+                        "ImageCLEF BLEU, per modality), or compare two predictions files.",
                         epilog=EVALUATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--model", "-m", required=True, help="model directory or cached hub id")
-    ev.add_argument("--data", required=True, help="ROCO root or manifest")
+    ev.add_argument("--model", "-m", default=None, help="model directory or cached hub id")
+    ev.add_argument("--data", default=None, help="ROCO root or manifest")
+    ev.add_argument("--metrics", default="", help="optional metrics, comma-separated: meteor, bertscore, bleurt, "
+                    "clipscore (computed only when their model or data is here)")
+    ev.add_argument("--compare", nargs=2, type=Path, default=None, metavar=("RUN_A", "RUN_B"),
+                    help="compare two predictions.csv files on the same references")
+    ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --compare (default 1000)")
+    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed for --compare (default 0)")
     ev.add_argument("--split", default="test", help="train, validation or test (default test)")
     ev.add_argument("--subset", default="radiology")
     ev.add_argument("--out", type=Path, default=None, help="folder for predictions.csv and metrics.json")
@@ -122,6 +136,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``medblip evaluate``: exit 2 when the model or data cannot be loaded, 1 when scoring failed."""
     if not packages_present("evaluate", "train"):
         return EXIT_USAGE
+    if args.compare is not None:
+        return _compare(args)
+    if not args.model or not args.data:
+        say_error("evaluate", "give --model and --data (or --compare RUN_A RUN_B)")
+        return EXIT_USAGE
+    from medblip_dicom.training.caption_metrics import OPTIONAL
+
+    optional = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(optional) - set(OPTIONAL))
+    if unknown:
+        say_error("evaluate", f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(OPTIONAL)}")
+        return EXIT_USAGE
     from medblip_dicom.captioner import Captioner
     from medblip_dicom.errors import MedblipError
     from medblip_dicom.generation import GenerationSettings
@@ -145,10 +171,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             say_error("evaluate", f"skipped {len(report.dropped)} unusable rows: "
                       f"{ {k: v for k, v in report.counts.items() if k not in ('kept', 'dropped') and v} }")
         out = args.out or Path(args.model) / "evaluation" / split
-        metrics = evaluate_model(captioner, report.kept, out, batch_size=args.batch_size, progress=not args.quiet)
+        metrics = evaluate_model(captioner, report.kept, out, batch_size=args.batch_size, progress=not args.quiet,
+                                 optional=optional)
     except (MedblipError, ValueError, OSError) as exc:
         say_error("evaluate", exc)
         return EXIT_FAILED
     print(f"predictions and metrics in {out}", file=sys.stderr)
     print(json.dumps(metrics))
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``medblip evaluate --compare RUN_A RUN_B``: the table on stdout, JSON beside B (or in --out)."""
+    from medblip_dicom.training.compare import CompareError, compare_runs, format_comparison, read_predictions
+
+    a, b = args.compare
+    try:
+        result = compare_runs(read_predictions(a), read_predictions(b), resamples=args.resamples, seed=args.seed)
+    except (CompareError, ValueError) as exc:
+        say_error("evaluate", exc)
+        return EXIT_USAGE
+    result.update(run_a=str(a), run_b=str(b))
+    out = args.out or b.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(format_comparison(result, a, b))
+    print(f"comparison in {out / 'comparison.json'}", file=sys.stderr)
     return EXIT_OK

@@ -96,10 +96,11 @@ def test_a_real_process_leaves_at_once_with_every_line_and_file_complete(tiny_mo
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.count("\t") == 2 for line in lines)
-    assert "captioned 2 of 2 files" in proc.stderr
+    assert len(lines) == 2 and all(line.count("\t") == 2 for line in lines), proc.stdout + proc.stderr
+    assert "captioned 2 of 2 files" in proc.stderr, proc.stderr
     for line in lines:
         validate_sr(line.split("\t")[1])
     failing = subprocess.run([sys.executable, "-m", "medblip_dicom", "caption", str(tmp_path / "missing.dcm"),
                               "--model", str(tiny_model_dir), "-q"], capture_output=True, text=True, timeout=300)
-    assert failing.returncode == 1 and "FAILED" in failing.stderr and "no such file" in failing.stderr
+    assert failing.returncode == 1 and "FAILED" in failing.stderr and "no such file" in failing.stderr, \
+        (failing.returncode, failing.stdout, failing.stderr)
