@@ -7,6 +7,7 @@ builders live here so that neither module imports the other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from medblip_dicom.integrations.config import ConfigError, ServiceConfig
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from medblip_dicom.captioner import Captioner
     from medblip_dicom.integrations.delivery import Delivery
     from medblip_dicom.integrations.spool.spool import Bell
+    from medblip_dicom.integrations.telemetry import Telemetry
     from medblip_dicom.integrations.worker import Worker
 
 
@@ -44,7 +46,27 @@ def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> W
                   prepare_workers=w.prepare_workers, picture=config.output.picture, select=config.select)
 
 
-def build_delivery(spool: Spool, config: ServiceConfig) -> Delivery:
+def build_telemetry(spool: Spool, config: ServiceConfig, *, worker_alive: Callable[[], bool]) -> Telemetry:
+    """Metrics (always kept; served when ``[metrics] port`` is set) and the audit trail (``[audit]``)."""
+    import socket
+
+    from medblip_dicom.integrations.audit import AuditTrail, SyslogSender
+    from medblip_dicom.integrations.metrics import ServiceMetrics
+    from medblip_dicom.integrations.telemetry import Telemetry
+
+    destinations = tuple(d for d, on in (("folder", config.output.dir is not None),
+                                         ("dicom", config.forward.destination is not None)) if on)
+    metrics = ServiceMetrics(spool, destinations=destinations, worker_alive=worker_alive)
+    audit = None
+    a = config.audit
+    if a.enabled:
+        syslog = SyslogSender(a.syslog, ca=a.syslog_ca) if a.syslog else None
+        audit = AuditTrail(a.resolved_path(spool.root), syslog=syslog,
+                           source_id=f"{config.node.ae_title}@{socket.gethostname()}")
+    return Telemetry(metrics=metrics, audit=audit, ae_title=config.node.ae_title)
+
+
+def build_delivery(spool: Spool, config: ServiceConfig, telemetry: Telemetry | None = None) -> Delivery:
     """The configured sinks: the output folder and/or the forwarding destination."""
     from medblip_dicom.integrations.delivery import Delivery
     from medblip_dicom.integrations.forward import ForwardClient
@@ -54,4 +76,4 @@ def build_delivery(spool: Spool, config: ServiceConfig) -> Delivery:
     if f.destination is not None:
         forward = ForwardClient(f.destination, calling_ae_title=f.calling_ae_title, timeout_s=f.timeout_s, tls=f.tls)
     return Delivery(spool, out_dir=config.output.dir, forward=forward, study_quiet_s=config.output.study_quiet_s,
-                    retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s)
+                    retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s, telemetry=telemetry)

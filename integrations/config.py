@@ -27,6 +27,7 @@ from medblip_dicom.selection import SelectConfig, SelectionError, config_from_ma
 from medblip_dicom.integrations.config_checks import (
     ConfigError, check_ae_title, check_int, check_positive, fail, optional_path,
 )
+from medblip_dicom.integrations.config_ops import AuditConfig, MetricsConfig
 
 
 def default_spool_dir() -> Path:
@@ -305,6 +306,8 @@ class ServiceConfig:
     node: NodeConfig = field(default_factory=NodeConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @property
     def has_sink(self) -> bool:
@@ -315,6 +318,7 @@ class ServiceConfig:
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig, "worker": WorkerConfig, "spool": SpoolConfig, "output": OutputConfig,
     "watch": WatchConfig, "node": NodeConfig, "forward": ForwardConfig, "select": SelectConfig,
+    "metrics": MetricsConfig, "audit": AuditConfig,
 }
 
 
@@ -380,7 +384,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise
 
 
-_PATH_KEYS = {("spool", "dir"), ("output", "dir"), ("watch", "inbox"), ("watch", "done_dir"),
+_PATH_KEYS = {("audit", "path"), ("audit", "syslog_ca"), ("spool", "dir"), ("output", "dir"), ("watch", "inbox"),
+              ("watch", "done_dir"),
               ("watch", "failed_dir"), ("node.tls", "cert"), ("node.tls", "key"), ("node.tls", "client_ca"),
               ("forward.tls", "ca"), ("forward.tls", "cert"), ("forward.tls", "key")}
 

@@ -21,6 +21,7 @@ from medblip_dicom.fileio import atomic_copy, remove_stale_temp_files
 
 from medblip_dicom.integrations.forward import DestinationUnavailable, ForwardClient
 from medblip_dicom.integrations.spool import Job, JobState, Spool
+from medblip_dicom.integrations.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class Delivery:
     """Deliver reported jobs to a folder and/or a destination. Call :meth:`run` in a thread."""
 
     def __init__(self, spool: Spool, *, out_dir: Path | None = None, forward: ForwardClient | None = None,
-                 study_quiet_s: float = 0.0, retry_initial_s: float = 2.0, retry_max_s: float = 300.0) -> None:
+                 study_quiet_s: float = 0.0, retry_initial_s: float = 2.0, retry_max_s: float = 300.0,
+                 telemetry: Telemetry | None = None) -> None:
         if out_dir is None and forward is None:
             raise ValueError("delivery needs a sink: an output folder or a destination")
         self.spool = spool
@@ -38,7 +40,12 @@ class Delivery:
         self.study_quiet_s = study_quiet_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.telemetry = telemetry or Telemetry()
         self.delivered_count = 0
+        #: The destination's state at the last try: None before any (or without one), else whether
+        #: an association could be made, and why not (for /readyz).
+        self.destination_reached: bool | None = None
+        self.destination_error = ""
 
     def recover(self) -> int:
         """At start: remove the temporary files a process killed mid-copy left in the output folder
@@ -106,11 +113,17 @@ class Delivery:
         try:
             outcomes = self.forward.send([path for _, path in files])
         except DestinationUnavailable as exc:
+            self.destination_reached, self.destination_error = False, str(exc)
             delay = self.spool.defer_delivery([j.id for j in jobs], str(exc),
                                               initial_s=self.retry_initial_s, max_s=self.retry_max_s)
             logger.warning("%s; %d report(s) of study %s wait, next try in %.1f s",
                            exc, len(jobs), jobs[0].study_instance_uid, delay)
             return False
+        self.destination_reached, self.destination_error = True, ""
+        destination = str(self.forward.destination)
+        self.telemetry.reports_sent([o.path for o in outcomes if o.delivered], destination=destination, ok=True)
+        self.telemetry.reports_sent([o.path for o in outcomes if o.permanent], destination=destination, ok=False,
+                                    detail="refused by the destination")
         by_job: dict[int, list] = {}
         for (job, _), outcome in zip(files, outcomes, strict=True):
             by_job.setdefault(job.id, []).append(outcome)

@@ -37,6 +37,7 @@ from medblip_dicom.integrations import pynetdicom_compat
 from medblip_dicom.integrations.config import NodeConfig, NodeTLSConfig
 from medblip_dicom.integrations.spool import Spool, SpoolFullError
 from medblip_dicom.integrations.spool.files import instance_info
+from medblip_dicom.integrations.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +95,10 @@ def _status(code: int, comment: str) -> Dataset:
 class StorageNode:
     """The Storage SCP. :meth:`start` listens (non-blocking), :meth:`stop` shuts it down."""
 
-    def __init__(self, spool: Spool, config: NodeConfig) -> None:
+    def __init__(self, spool: Spool, config: NodeConfig, telemetry: Telemetry | None = None) -> None:
         self.spool = spool
         self.config = config
+        self.telemetry = telemetry or Telemetry(ae_title=config.ae_title)
         self.done_dir = spool.root / "done" if config.keep_inputs else None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -142,6 +144,7 @@ class StorageNode:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         listener = pynetdicom_compat.listener_class(cfg.acse_timeout_s, self._on_handshake_failed)
         self._server = ae.make_server((cfg.host, cfg.port), ssl_context=ssl_context, evt_handlers=handlers,
@@ -186,14 +189,21 @@ class StorageNode:
         """A new association: make its reactor answer sooner (pynetdicom has no public setting)."""
         pynetdicom_compat.set_reactor_poll(event.assoc, DUL_POLL_S)
 
+    def _on_closed(self, event: Any) -> None:
+        """An association ended (released, aborted or dropped): audit what it brought."""
+        self.telemetry.association_ended(event.assoc)
+
     def _on_handshake_failed(self, client_address: Any, exc: BaseException) -> None:
-        logger.warning("refused a connection from %s: TLS handshake failed (%s)",
-                       client_address[0] if isinstance(client_address, tuple) else client_address,
-                       getattr(exc, "reason", None) or type(exc).__name__)
+        peer = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        why = getattr(exc, "reason", None) or type(exc).__name__
+        logger.warning("refused a connection from %s: TLS handshake failed (%s)", peer, why)
+        self.telemetry.security_alert(peer=peer, detail=f"TLS handshake failed ({why})")
 
     def _on_rejected(self, event: Any) -> None:
-        logger.warning("association from %s (calling AE %s) rejected", event.assoc.requestor.address,
-                       event.assoc.requestor.ae_title)
+        requestor = event.assoc.requestor
+        logger.warning("association from %s (calling AE %s) rejected", requestor.address, requestor.ae_title)
+        self.telemetry.security_alert(peer=f"{requestor.ae_title}@{requestor.address}",
+                                      detail="association rejected (calling AE title not allowed, or no room)")
 
     def handle_store(self, event: Any) -> int | Dataset:
         """Write the instance durably into the spool, then answer. Never captions here."""
@@ -243,7 +253,10 @@ class StorageNode:
             logger.exception("C-STORE from %s: SOPInstanceUID %s failed: %s", calling, sop_uid, type(exc).__name__)
             return _status(STATUS_PROCESSING_FAILURE, "internal error")
         self.stored += 1
+        seconds = time.perf_counter() - started
+        self.telemetry.cstore(seconds)
+        self.telemetry.stored(event.assoc, study_uid=info.study_instance_uid, sop_class=info.sop_class_uid,
+                              patient_id=str(ds.get("PatientID") or "") if self.telemetry.audit else None)
         logger.info("C-STORE from %s: SOPInstanceUID %s stored as job %d%s in %.1f ms", calling, sop_uid,
-                    admission.job_id, " (duplicate)" if admission.duplicate else "",
-                    1000 * (time.perf_counter() - started))
+                    admission.job_id, " (duplicate)" if admission.duplicate else "", 1000 * seconds)
         return STATUS_SUCCESS

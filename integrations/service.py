@@ -18,12 +18,17 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from medblip_dicom.integrations.components import build_delivery, build_worker, load_captioner, open_spool
+from medblip_dicom.integrations import readiness
+from medblip_dicom.integrations.components import (
+    build_delivery, build_telemetry, build_worker, load_captioner, open_spool,
+)
 from medblip_dicom.integrations.config import ConfigError, ServiceConfig
 from medblip_dicom.integrations.delivery import Delivery
 from medblip_dicom.integrations.doorbell import Doorbell
 from medblip_dicom.integrations.node import StorageNode
+from medblip_dicom.integrations.ops import OpsServer
 from medblip_dicom.integrations.spool import FINAL_STATES, PENDING_STATES, JobState, Spool
+from medblip_dicom.integrations.telemetry import Telemetry
 from medblip_dicom.integrations.watch import InboxWatcher
 from medblip_dicom.integrations.workerproc import WorkerProcess
 
@@ -65,6 +70,9 @@ class Service:
         self.delivery: Delivery | None = None
         self.watcher: InboxWatcher | None = None
         self.node: StorageNode | None = None
+        self.telemetry: Telemetry | None = None
+        self.ops: OpsServer | None = None
+        self._audit_running = False
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -89,12 +97,13 @@ class Service:
             self.worker = build_worker(self.spool, self._captioner, cfg)
         else:
             self.worker_process = WorkerProcess(cfg, **bells)
-        self.delivery = build_delivery(self.spool, cfg)
+        self.telemetry = build_telemetry(self.spool, cfg, worker_alive=self._worker_alive)
+        self.delivery = build_delivery(self.spool, cfg, self.telemetry)
         self.delivery.recover()
         if self.want_watch:
-            self.watcher = InboxWatcher(self.spool, cfg.watch)
+            self.watcher = InboxWatcher(self.spool, cfg.watch, self.telemetry)
         if self.want_node:
-            self.node = StorageNode(self.spool, cfg.node)
+            self.node = StorageNode(self.spool, cfg.node, self.telemetry)
 
     def _thread(self, name: str, target: Callable[[threading.Event], None], stop: threading.Event) -> None:
         def body() -> None:
@@ -130,6 +139,7 @@ class Service:
             try:
                 started = self.worker_process.start(cancel=cancel)
             except BaseException:
+                self._close_audit()
                 self.spool.close()  # type: ignore[union-attr]
                 raise
             if not started:
@@ -144,6 +154,38 @@ class Service:
             self._thread("watch", self.watcher.run, self._producer_stop)
         if self.node is not None:
             self.node.start()
+        assert self.telemetry is not None
+        self._audit_started()
+        m = self.config.metrics
+        if m.enabled and self.telemetry.metrics is not None:
+            metrics = self.telemetry.metrics
+            self.ops = OpsServer(m.host, m.port, metrics=metrics.exposition, health=lambda: readiness.health(self),
+                                 ready=lambda: readiness.ready(self))
+            self.ops.start()
+
+    def _audit_started(self) -> None:
+        if self.telemetry is not None and self.telemetry.audit is not None:
+            self.telemetry.audit.application(True, ae_title=self.config.node.ae_title)
+            self._audit_running = True
+
+    def _close_audit(self) -> None:
+        """The application-stop message (if it started), then the audit file (and syslog sender) closed."""
+        if self.telemetry is not None and self.telemetry.audit is not None:
+            if self._audit_running:
+                self.telemetry.audit.application(False, ae_title=self.config.node.ae_title)
+            self.telemetry.audit.close()
+            self.telemetry.audit = None
+            self._audit_running = False
+
+    def _worker_alive(self) -> bool:
+        if self.worker_process is not None:
+            return self.worker_process.is_alive()
+        return any(t.name == "medblip-worker" and t.is_alive() for t in self._threads)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The service's own threads (for /healthz)."""
+        return list(self._threads)
 
     def _watch_worker_process(self, stop: threading.Event) -> None:
         """Stop the service when the worker process exits on its own (not when we stop it).
@@ -182,6 +224,10 @@ class Service:
                 if thread.is_alive():
                     logger.error("%s did not stop within 120 s", thread.name)
             self._threads.clear()
+            if self.ops is not None:
+                self.ops.stop()
+                self.ops = None
+            self._close_audit()
             if self.spool is not None:
                 self.spool.close()
 
@@ -214,6 +260,7 @@ class Service:
         """
         self._build(in_process=True)
         assert self.spool is not None and self.worker is not None and self.delivery is not None
+        self._audit_started()
         try:
             before = self.spool.jobs()
             last_id = max((j.id for j in before), default=0)
@@ -226,4 +273,5 @@ class Service:
             return OnceResult(taken, count[JobState.DELIVERED], count[JobState.SKIPPED], count[JobState.FAILED],
                               sum(count[s] for s in PENDING_STATES))
         finally:
+            self._close_audit()
             self.spool.close()

@@ -26,6 +26,7 @@ from medblip_dicom.fileio import fsync_dir
 from medblip_dicom.integrations.config import WatchConfig
 from medblip_dicom.integrations.settle import SettleTracker
 from medblip_dicom.integrations.spool import Spool, SpoolFullError
+from medblip_dicom.integrations.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,12 @@ logger = logging.getLogger(__name__)
 class InboxWatcher:
     """Feeds the spool from an inbox folder. Call :meth:`run` with a stop event, or :meth:`take_all`."""
 
-    def __init__(self, spool: Spool, config: WatchConfig) -> None:
+    def __init__(self, spool: Spool, config: WatchConfig, telemetry: Telemetry | None = None) -> None:
         if config.inbox is None:
             raise ValueError("the watch folder needs an inbox")
         self.spool = spool
         self.config = config
+        self.telemetry = telemetry or Telemetry()
         self.inbox = Path(config.inbox)
         self.done_dir = config.resolved_done_dir()
         self.failed_dir = config.resolved_failed_dir()
@@ -116,6 +118,7 @@ class InboxWatcher:
             self.notice(path)
             return False
         self._full_logged = False
+        self.telemetry.file_taken(path)
         try:
             path.unlink()
             fsync_dir(path.parent)

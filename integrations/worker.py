@@ -130,7 +130,9 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - one job's error must not stop the others
                 logger.exception("job %d: unexpected error while recording its outcome", job.id)
                 self._retry_or_fail(job, type(exc).__name__, str(exc))
-        logger.info("batch of %d captioned in %.2f s", len(jobs), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.spool.journal.record_batch(len(jobs), seconds)
+        logger.info("batch of %d captioned in %.2f s", len(jobs), seconds)
 
     def _retry_or_fail(self, job: Job, error_class: str, message: str) -> None:
         """The job's batch failed for a reason outside the job: try again, up to MAX_ATTEMPTS in all."""

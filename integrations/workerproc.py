@@ -74,7 +74,8 @@ class WorkerProcess:
         """
         parent_end, child_end = self._ctx.Pipe(duplex=False)
         root = logging.getLogger()
-        fmt = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
+        formatter = root.handlers[0].formatter if root.handlers else None
+        fmt = "json" if type(formatter).__name__ == "JsonFormatter" else getattr(formatter, "_fmt", None)
         levels = {name: logging.getLogger(name).level for name in ("medblip_dicom", "pynetdicom")}
         self._process = self._ctx.Process(
             target=_child_main, name="medblip-worker", daemon=False,
@@ -135,7 +136,12 @@ class WorkerProcess:
 def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, conn: Any, parent_pid: int,
                 log_format: str | None, levels: dict[str, int]) -> None:
     """Entry point of the child: load the model, then run the worker until told to stop."""
-    logging.basicConfig(format=log_format or "%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s" if log_format in (None, "json") else log_format,
+                        stream=sys.stderr)
+    if log_format == "json":  # the service logs JSON lines: so does its worker process
+        from medblip_dicom.logjson import JsonFormatter
+
+        logging.getLogger().handlers[0].setFormatter(JsonFormatter())
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     # SIGTERM / SIGINT reach the child too when a whole control group (systemd) or process group

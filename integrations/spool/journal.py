@@ -280,6 +280,11 @@ class Journal:
                           params=(series_uid, JobState.FAILED.value))
         return found[0] if found else None
 
+    def record_batch(self, size: int, seconds: float) -> None:
+        """One model batch done (for the metrics of the service, which may be another process)."""
+        with self.write() as db:
+            db.execute("INSERT INTO batches (at, size, seconds) VALUES (?, ?, ?)", (time.time(), size, seconds))
+
     def mark_disposed(self, job_id: int, final_path: str | None) -> None:
         with self.write() as db:
             db.execute("UPDATE jobs SET disposed=1, final_path=? WHERE id=?", (final_path, job_id))

@@ -161,4 +161,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs(sop_instance_uid, content_sha256);
 CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs(study_instance_uid);
 CREATE INDEX IF NOT EXISTS jobs_by_series ON jobs(series_instance_uid);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
 """

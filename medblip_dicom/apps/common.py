@@ -52,6 +52,10 @@ def configure_logging(args: argparse.Namespace, *, service: bool = False) -> Non
     level = logging.DEBUG if verbose else logging.WARNING if quiet or not service else logging.INFO
     if not logging.getLogger().handlers:
         logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
+        if getattr(args, "log_format", "text") == "json":
+            from medblip_dicom.logjson import JsonFormatter
+
+            logging.getLogger().handlers[0].setFormatter(JsonFormatter())
     logging.getLogger("medblip_dicom").setLevel(level)
     # pynetdicom's INFO/DEBUG lines describe every PDU; keep them for --verbose only.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -72,6 +72,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="images per model call ([worker] batch_size)")
     parser.add_argument("--picture", action="store_true", default=None,
                         help="also write a Secondary Capture picture with the caption ([output] picture)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve /metrics, /healthz and /readyz on this port ([metrics] port; 127.0.0.1 "
+                        "unless [metrics] host says otherwise)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="json: one JSON object per log line (time, level, logger, job, UIDs)")
     add_verbosity(parser)
 
 
@@ -122,6 +127,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "spool": {"dir": args.spool},
         "output": {"dir": args.out, "picture": args.picture},
         "forward": {"destination": args.forward},
+        "metrics": {"port": args.metrics_port},
     }
 
 
