@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from medblip_dicom.integrations.spool import JobState, Spool
+from medblip_dicom.integrations.spool import Spool
 
 PRODUCERS = {"node": "dimse", "watch": "watch", "stow": "stow"}
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -118,9 +118,8 @@ class ServiceMetrics:
         for (producer, outcome), n in sorted(finished.items()):
             family.add_metric([producer, outcome], n)
         yield family
-        counts = {s.value: 0 for s in JobState}
-        for row in journal.rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-            counts[row[0]] = int(row[1])
+        summary = journal.summary()
+        counts = summary.counts
         written = int(journal.rows("SELECT COUNT(*) FROM jobs WHERE reported_at IS NOT NULL")[0][0])
         yield CounterMetricFamily("medblip_reports_written", "reports written into the spool", value=written)
         delivered = CounterMetricFamily("medblip_reports_delivered", "reports every sink has", labels=["destination"])
@@ -135,7 +134,6 @@ class ServiceMetrics:
         yield refused
         captions = int(journal.rows("SELECT COALESCE(SUM(size), 0) FROM batches")[0][0])
         yield CounterMetricFamily("medblip_captions", "images through the model (batched jobs)", value=captions)
-        summary = journal.summary()
         jobs = GaugeMetricFamily("medblip_jobs", "jobs by state now", labels=["state"])
         for state, n in counts.items():
             jobs.add_metric([state], n - (summary.held if state == "received" else 0))

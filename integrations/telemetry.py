@@ -79,15 +79,9 @@ class Telemetry:
         """A file of the inbox is in the spool (read its header for the audit message first)."""
         if self.audit is None:
             return
-        from medblip_dicom.reading import read_header
-
-        header = read_header(path, ("StudyInstanceUID", "PatientID", "SOPClassUID"))
-        transfer = Transfer("watch folder", "localhost")
-        if header is not None:
-            transfer.add(str(header.get("StudyInstanceUID", "")), str(header.get("PatientID", "")),
-                         str(header.get("SOPClassUID", "")))
-        else:
-            transfer.add(None, None, None)
+        transfer = _transfer_of([path], Transfer("watch folder", "localhost"))
+        if not transfer.studies:
+            transfer.add(None, None, None)  # not readable as DICOM: still audited, as an unknown study
         self.audit.received(transfer.studies.values(), via="the watch folder", peer_ae=transfer.peer_ae,
                             peer_host=transfer.peer_host, our_ae=self.ae_title)
 
@@ -95,13 +89,18 @@ class Telemetry:
         """Reports went to (or were refused by) a destination over one association."""
         if self.audit is None or not files:
             return
-        from medblip_dicom.reading import read_header
-
-        transfer = Transfer()
-        for path in files:
-            header = read_header(path, ("StudyInstanceUID", "PatientID", "SOPClassUID"))
-            if header is not None:
-                transfer.add(str(header.get("StudyInstanceUID", "")), str(header.get("PatientID", "")),
-                             str(header.get("SOPClassUID", "")))
+        transfer = _transfer_of(files, Transfer())
         self.audit.sent(transfer.studies.values(), destination=destination, our_ae=self.ae_title, ok=ok,
                         detail=detail)
+
+
+def _transfer_of(files: list[Path], transfer: Transfer) -> Transfer:
+    """Add each file's study, patient and SOP class (read from its header) to `transfer`."""
+    from medblip_dicom.reading import read_header
+
+    for path in files:
+        header = read_header(path, ("StudyInstanceUID", "PatientID", "SOPClassUID"))
+        if header is not None:
+            transfer.add(str(header.get("StudyInstanceUID", "")), str(header.get("PatientID", "")),
+                         str(header.get("SOPClassUID", "")))
+    return transfer

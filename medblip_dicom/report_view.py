@@ -66,7 +66,7 @@ class CaptionReport:
         image = _find(finding, SOURCE_IMAGE, "IMAGE")
         ref = image.ReferencedSOPSequence[0] if image is not None and image.get("ReferencedSOPSequence") else None
         frames = ref.get("ReferencedFrameNumber") if ref is not None else None
-        versions = _as_list(sr.get("SoftwareVersions"))
+        versions = value_list(sr.get("SoftwareVersions"))
         return cls(
             sop_instance_uid=str(sr.get("SOPInstanceUID", "")),
             series_instance_uid=str(sr.get("SeriesInstanceUID", "")),
@@ -78,7 +78,7 @@ class CaptionReport:
             device_uid=_text(sr, DEVICE_OBSERVER_UID, "UIDREF") or "",
             source_sop_class_uid=str(ref.ReferencedSOPClassUID) if ref is not None else "",
             source_sop_instance_uid=str(ref.ReferencedSOPInstanceUID) if ref is not None else "",
-            source_frames=tuple(int(f) for f in _as_list(frames)),
+            source_frames=tuple(int(f) for f in value_list(frames)),
             verification_flag=str(sr.get("VerificationFlag", "")),
             preliminary_flag=str(sr.get("PreliminaryFlag", "")),
             completion_flag=str(sr.get("CompletionFlag", "")),
@@ -120,7 +120,8 @@ def _text(sr: Dataset, concept: str, value_type: str = "TEXT") -> str | None:
     return str(item.UID if value_type == "UIDREF" else item.TextValue)
 
 
-def _as_list(value: object) -> list[object]:
+def value_list(value: object) -> list[object]:
+    """A DICOM value as a list (multi-valued, single or absent)."""
     if value is None or value == "":
         return []
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":

@@ -61,12 +61,10 @@ def render(sr: Dataset) -> str:
     """
     from pydicom.uid import UID
 
-    from medblip_dicom.report_view import CaptionReport
+    from medblip_dicom.report_view import CaptionReport, value_list
 
     report = CaptionReport.from_dataset(sr)
-    versions = sr.get("SoftwareVersions")
-    versions = list(versions) if isinstance(versions, (list, tuple)) or type(versions).__name__ == "MultiValue" \
-        else [versions] if versions else []
+    versions = value_list(sr.get("SoftwareVersions"))
     header = [
         f"{sr.SOPClassUID.name}  {report.sop_instance_uid}",
         f"  series       : {sr.get('SeriesDescription', '')} (#{sr.get('SeriesNumber', '')})",
