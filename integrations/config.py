@@ -28,6 +28,7 @@ from medblip_dicom.integrations.config_checks import (
     ConfigError, check_ae_title, check_int, check_positive, fail, optional_path,
 )
 from medblip_dicom.integrations.config_ops import AuditConfig, MetricsConfig
+from medblip_dicom.integrations.config_tls import ForwardTLSConfig, NodeTLSConfig
 
 
 def default_spool_dir() -> Path:
@@ -165,27 +166,6 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
-class NodeTLSConfig:
-    """TLS of the listener: on when cert and key are set; client_ca makes client certificates required."""
-
-    cert: Path | None = None
-    key: Path | None = None
-    client_ca: Path | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("cert", "key", "client_ca"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
-        if (self.cert is None) != (self.key is None):
-            fail("node.tls", "cert/key", "set both the certificate and its private key, or neither")
-        if self.client_ca is not None and self.cert is None:
-            fail("node.tls", "client_ca", "client certificates need TLS: set cert and key too")
-
-    @property
-    def enabled(self) -> bool:
-        return self.cert is not None
-
-
-@dataclass(frozen=True)
 class NodeConfig:
     """The Storage SCP: who it is, where it listens, whom it lets in, and its limits."""
 
@@ -248,25 +228,6 @@ class Destination:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.ae_title}@{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class ForwardTLSConfig:
-    """TLS towards the destination: CA to verify it, optional client certificate."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("ca", "cert", "key"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
-        if (self.cert is None) != (self.key is None):
-            fail("forward.tls", "cert/key", "set both the client certificate and its key, or neither")
-
-    @property
-    def enabled(self) -> bool:
-        return self.ca is not None or self.cert is not None
 
 
 @dataclass(frozen=True)
