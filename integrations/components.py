@@ -55,7 +55,8 @@ def build_telemetry(spool: Spool, config: ServiceConfig, *, worker_alive: Callab
     from medblip_dicom.integrations.telemetry import Telemetry
 
     destinations = tuple(d for d, on in (("folder", config.output.dir is not None),
-                                         ("dicom", config.forward.destination is not None)) if on)
+                                         ("dicom", config.forward.destination is not None),
+                                         ("dicomweb", bool(config.forward.dicomweb_url))) if on)
     metrics = ServiceMetrics(spool, destinations=destinations, worker_alive=worker_alive)
     audit = None
     a = config.audit
@@ -67,13 +68,23 @@ def build_telemetry(spool: Spool, config: ServiceConfig, *, worker_alive: Callab
 
 
 def build_delivery(spool: Spool, config: ServiceConfig, telemetry: Telemetry | None = None) -> Delivery:
-    """The configured sinks: the output folder and/or the forwarding destination."""
+    """The configured sinks: the output folder and/or the forwarding destination (C-STORE, STOW-RS or both)."""
     from medblip_dicom.integrations.delivery import Delivery
     from medblip_dicom.integrations.forward import ForwardClient
 
     f = config.forward
-    forward = None
+    sinks: list = []
     if f.destination is not None:
-        forward = ForwardClient(f.destination, calling_ae_title=f.calling_ae_title, timeout_s=f.timeout_s, tls=f.tls)
+        sinks.append(ForwardClient(f.destination, calling_ae_title=f.calling_ae_title, timeout_s=f.timeout_s,
+                                   tls=f.tls))
+    if f.dicomweb_url:
+        from medblip_dicom.integrations.dicomweb.stow_client import StowClient
+
+        sinks.append(StowClient(f.dicomweb_url, f.dicomweb))
+    forward = sinks[0] if len(sinks) == 1 else None
+    if len(sinks) > 1:
+        from medblip_dicom.integrations.dicomweb.sinks import BothSinks
+
+        forward = BothSinks(*sinks)
     return Delivery(spool, out_dir=config.output.dir, forward=forward, study_quiet_s=config.output.study_quiet_s,
                     retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s, telemetry=telemetry)

@@ -27,7 +27,9 @@ from medblip_dicom.selection import SelectConfig, SelectionError, config_from_ma
 from medblip_dicom.integrations.config_checks import (
     ConfigError, check_ae_title, check_int, check_positive, fail, optional_path,
 )
+from medblip_dicom.integrations.config_dicomweb import DicomwebConfig, ForwardDicomwebConfig, finish_forward
 from medblip_dicom.integrations.config_ops import AuditConfig, MetricsConfig
+from medblip_dicom.integrations.config_review import ReviewConfig
 from medblip_dicom.integrations.config_tls import ForwardTLSConfig, NodeTLSConfig
 
 
@@ -240,6 +242,8 @@ class ForwardConfig:
     retry_max_s: float = 300.0
     timeout_s: float = 30.0
     tls: ForwardTLSConfig = field(default_factory=ForwardTLSConfig)
+    dicomweb_url: str = ""
+    dicomweb: ForwardDicomwebConfig = field(default_factory=ForwardDicomwebConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.destination, str):
@@ -253,6 +257,7 @@ class ForwardConfig:
         check_positive("forward", "timeout_s", self.timeout_s)
         if isinstance(self.tls, Mapping):
             object.__setattr__(self, "tls", _build(ForwardTLSConfig, self.tls, "forward.tls"))
+        finish_forward(self)  # dicomweb_url and [forward.dicomweb]
 
 
 @dataclass(frozen=True)
@@ -269,17 +274,20 @@ class ServiceConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     @property
     def has_sink(self) -> bool:
         """True when reports go somewhere: a folder or a destination."""
-        return self.output.dir is not None or self.forward.destination is not None
+        return self.output.dir is not None or self.forward.destination is not None or bool(self.forward.dicomweb_url)
 
 
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig, "worker": WorkerConfig, "spool": SpoolConfig, "output": OutputConfig,
     "watch": WatchConfig, "node": NodeConfig, "forward": ForwardConfig, "select": SelectConfig,
-    "metrics": MetricsConfig, "audit": AuditConfig,
+    "metrics": MetricsConfig, "audit": AuditConfig, "dicomweb": DicomwebConfig,
+    "review": ReviewConfig,
 }
 
 
@@ -348,7 +356,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
 _PATH_KEYS = {("audit", "path"), ("audit", "syslog_ca"), ("spool", "dir"), ("output", "dir"), ("watch", "inbox"),
               ("watch", "done_dir"),
               ("watch", "failed_dir"), ("node.tls", "cert"), ("node.tls", "key"), ("node.tls", "client_ca"),
-              ("forward.tls", "ca"), ("forward.tls", "cert"), ("forward.tls", "key")}
+              ("forward.tls", "ca"), ("forward.tls", "cert"), ("forward.tls", "key"), ("review.tls", "cert"),
+              ("review.tls", "key"),
+              ("forward.dicomweb", "password_file"), ("forward.dicomweb", "token_file"), ("forward.dicomweb", "ca"),
+              ("dicomweb", "token_file"), ("dicomweb", "cert"), ("dicomweb", "key")}
 
 
 def _resolve_relative(data: dict[str, Any], base: Path, prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Delivery: hand reported jobs to the sinks, then close them.
 
 Sinks, in order: the output folder (atomic copy, idempotent) and the destination (a Storage SCU,
-:mod:`medblip_dicom.integrations.forward`). A job is ``delivered`` once every sink has it. While
+:mod:`medblip_dicom.integrations.forward`, and/or a STOW-RS client, :mod:`.dicomweb.stow_client`,
+with the same ``send``). A job is ``delivered`` once every sink has it. While
 the destination is down or answers "out of resources", the job stays ``reported`` and is tried
 again with exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``). A permanent
 rejection ends the job in ``failed`` with the DICOM status; it is never retried.
@@ -16,6 +17,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from medblip_dicom.fileio import atomic_copy, remove_stale_temp_files
 
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 class Delivery:
     """Deliver reported jobs to a folder and/or a destination. Call :meth:`run` in a thread."""
 
-    def __init__(self, spool: Spool, *, out_dir: Path | None = None, forward: ForwardClient | None = None,
+    def __init__(self, spool: Spool, *, out_dir: Path | None = None, forward: ForwardClient | Any | None = None,
                  study_quiet_s: float = 0.0, retry_initial_s: float = 2.0, retry_max_s: float = 300.0,
                  telemetry: Telemetry | None = None) -> None:
         if out_dir is None and forward is None:
@@ -114,8 +116,11 @@ class Delivery:
             outcomes = self.forward.send([path for _, path in files])
         except DestinationUnavailable as exc:
             self.destination_reached, self.destination_error = False, str(exc)
+            # A STOW-RS server's Retry-After (if any) is the shortest wait; backoff goes on from there.
+            after = getattr(exc, "retry_after_s", None) or 0.0
             delay = self.spool.defer_delivery([j.id for j in jobs], str(exc),
-                                              initial_s=self.retry_initial_s, max_s=self.retry_max_s)
+                                              initial_s=max(self.retry_initial_s, after),
+                                              max_s=max(self.retry_max_s, after))
             logger.warning("%s; %d report(s) of study %s wait, next try in %.1f s",
                            exc, len(jobs), jobs[0].study_instance_uid, delay)
             return False

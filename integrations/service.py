@@ -57,7 +57,7 @@ class Service:
                  captioner: Captioner | None = None) -> None:
         if not config.has_sink:
             raise ConfigError("reports need somewhere to go: set [output] dir (--out) and/or "
-                              "[forward] destination (--forward)")
+                              "[forward] destination (--forward) or dicomweb_url (--forward-dicomweb)")
         if watch and config.watch.inbox is None:
             raise ConfigError("[watch] inbox: no inbox folder given")
         self.config = config

@@ -62,6 +62,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "-o", type=Path, default=None, help="folder for the SR files ([output] dir)")
     parser.add_argument("--forward", default=None, metavar="AET@HOST:PORT",
                         help="send each SR to this Storage SCP, e.g. a PACS ([forward] destination)")
+    parser.add_argument("--forward-dicomweb", default=None, metavar="URL",
+                        help="send each SR by STOW-RS to this DICOMweb root, e.g. https://pacs/dicom-web "
+                        "([forward] dicomweb_url; credentials only in [forward.dicomweb], never as a flag)")
     parser.add_argument("--config", "-c", type=Path, default=None, help="TOML configuration file")
     parser.add_argument("--spool", type=Path, default=None,
                         help="spool folder on a local disk ([spool] dir; default $XDG_STATE_HOME/medblip/spool, "
@@ -126,7 +129,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "worker": {"batch_size": args.batch_size},
         "spool": {"dir": args.spool},
         "output": {"dir": args.out, "picture": args.picture},
-        "forward": {"destination": args.forward},
+        "forward": {"destination": args.forward, "dicomweb_url": args.forward_dicomweb},
         "metrics": {"port": args.metrics_port},
     }
 

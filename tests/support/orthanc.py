@@ -19,6 +19,8 @@ import pytest
 
 from tests.support.env import free_port, in_ci, wait_for
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
 
 def orthanc_binary() -> str:
     """Orthanc's path (Debian puts it in /usr/sbin); skip when missing, fail under CI=true."""
@@ -34,7 +36,8 @@ def orthanc_binary() -> str:
 class Orthanc:
     """An Orthanc PACS in a temp folder on free ports; start/stop by PID (restartable, same storage)."""
 
-    def __init__(self, folder: Path, *, modalities: dict[str, int] | None = None, aet: str = "ORTHANC") -> None:
+    def __init__(self, folder: Path, *, modalities: dict[str, int] | None = None, aet: str = "ORTHANC",
+                 dicomweb: bool = False) -> None:
         self.binary = orthanc_binary()
         self.folder = folder
         self.aet = aet
@@ -56,12 +59,25 @@ class Orthanc:
             "DicomModalities": {peer.lower(): [peer, "127.0.0.1", port] for peer, port in (modalities or {}).items()},
             "StableAge": 1,
         }
+        if dicomweb:  # QIDO-RS, WADO-RS and STOW-RS under {url}/dicom-web (Debian package orthanc-dicomweb)
+            if not os.path.exists(DICOMWEB_PLUGIN):
+                message = f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} is not installed (orthanc-dicomweb)"
+                if in_ci():
+                    pytest.fail(message)
+                pytest.skip(message)
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         self.config_path = folder / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (with ``dicomweb=True``)."""
+        return f"{self.url}/dicom-web"
 
     def start(self, timeout_s: float = 30) -> None:
         log = open(self.folder / "orthanc.log", "ab")
