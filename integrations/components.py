@@ -16,6 +16,7 @@ from medblip_dicom.integrations.spool import Spool
 if TYPE_CHECKING:
     from medblip_dicom.captioner import Captioner
     from medblip_dicom.integrations.delivery import Delivery
+    from medblip_dicom.integrations.dicomweb.endpoint import StowEndpoint
     from medblip_dicom.integrations.spool.spool import Bell
     from medblip_dicom.integrations.telemetry import Telemetry
     from medblip_dicom.integrations.worker import Worker
@@ -86,5 +87,23 @@ def build_delivery(spool: Spool, config: ServiceConfig, telemetry: Telemetry | N
         from medblip_dicom.integrations.dicomweb.sinks import BothSinks
 
         forward = BothSinks(*sinks)
+    review = None
+    if config.review.enabled:  # every AI report is kept for the review station first
+        from medblip_dicom.integrations.review.intake import ReviewIntake
+
+        review = ReviewIntake(spool, hold_until_signed=config.review.hold_until_signed)
     return Delivery(spool, out_dir=config.output.dir, forward=forward, study_quiet_s=config.output.study_quiet_s,
-                    retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s, telemetry=telemetry)
+                    retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s, telemetry=telemetry, review=review)
+
+
+def build_stow_endpoint(spool: Spool, config: ServiceConfig, telemetry: Telemetry | None = None) -> StowEndpoint:
+    """The node's STOW-RS endpoint (``[dicomweb]``), storing into `spool` like the C-STORE handler."""
+    from medblip_dicom.integrations.dicomweb.endpoint import StowEndpoint
+    from medblip_dicom.integrations.dicomweb.receiver import StowReceiver
+
+    done_dir = spool.root / "done" if config.node.keep_inputs else None
+    alert = None
+    if telemetry is not None:
+        def alert(peer: str, detail: str) -> None:
+            telemetry.security_alert(peer=peer, detail=detail)
+    return StowEndpoint(StowReceiver(spool, done_dir=done_dir), config.dicomweb, on_security_alert=alert)

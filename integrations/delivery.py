@@ -33,7 +33,7 @@ class Delivery:
 
     def __init__(self, spool: Spool, *, out_dir: Path | None = None, forward: ForwardClient | Any | None = None,
                  study_quiet_s: float = 0.0, retry_initial_s: float = 2.0, retry_max_s: float = 300.0,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, review: Any | None = None) -> None:
         if out_dir is None and forward is None:
             raise ValueError("delivery needs a sink: an output folder or a destination")
         self.spool = spool
@@ -43,6 +43,8 @@ class Delivery:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.telemetry = telemetry or Telemetry()
+        #: ``[review] enabled``: a :class:`~.review.intake.ReviewIntake` that sees every AI report first.
+        self.review = review
         self.delivered_count = 0
         #: The destination's state at the last try: None before any (or without one), else whether
         #: an association could be made, and why not (for /readyz).
@@ -93,6 +95,9 @@ class Delivery:
         Returns False when the destination could not be reached (the jobs were deferred).
         """
         started = time.perf_counter()
+        if self.review is not None:
+            jobs = self.review.intake(jobs, lambda job, reason: self.spool.defer_delivery(
+                [job.id], reason, initial_s=self.retry_initial_s, max_s=self.retry_max_s))
         if self.out_dir is not None:
             for job in list(jobs):
                 try:

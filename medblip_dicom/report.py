@@ -73,7 +73,7 @@ def report_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
     return series, instance
 
 
-def _evidence_view(source: Dataset) -> Dataset:
+def evidence_view(source: Dataset) -> Dataset:
     """The source's identifying, patient and study attributes only (no pixels), for highdicom.
 
     Absent type 2 attributes are present but empty, so a source without birth date, sex or
@@ -134,17 +134,26 @@ def vm_allows(vm: str, count: int) -> bool:
     return int(low) <= count <= int(high)
 
 
-def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_number: int | None,
-             note: str | None) -> hd.sr.ContainerContentItem:
+def content_tree(caption: str, source: Dataset, identity: ModelIdentity, frame_number: int | None,
+                 note: str | None, *, person: hd.sr.PersonObserverIdentifyingAttributes | None = None,
+                 extra_items: tuple[hd.sr.ContentItem, ...] = ()) -> hd.sr.ContainerContentItem:
+    """The TID 2000 tree of a report: language, observers, Findings with the caption.
+
+    The review station's signed reports add the reviewer as a `person` observer (before the
+    device, as TID 1001 orders them) and `extra_items` beside the finding (the review outcome).
+    """
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=identity.device_uid,
         name=identity.name[:64],
         model_name=identity.version[:64],
     )
     observation = hd.sr.ObservationContext(
+        observer_person_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Person, observer_identifying_attributes=person
+        ) if person is not None else None,
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
+        ),
     )
     image = hd.sr.ImageContentItem(
         name=codes.DCM.SourceImage,
@@ -165,6 +174,7 @@ def _content(caption: str, source: Dataset, identity: ModelIdentity, frame_numbe
         # What the finding speaks for beyond its own image (one caption for a whole series).
         items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=note,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    items.extend(extra_items)
     findings.ContentSequence = hd.sr.ContentSequence(items)
 
     root = hd.sr.ContainerContentItem(name=DIAGNOSTIC_IMAGING_REPORT, template_id="2000")
@@ -197,8 +207,8 @@ def build_report(
         raise ReportError(label, "the model produced an empty caption; no report written")
     multi_frame = number_of_frames(source) > 1 and is_multiframe_class(str(source.SOPClassUID))
     series_uid, sop_uid = report_uids(source, identity)
-    evidence = _evidence_view(source)
-    content = _content(caption, source, identity, frame_index + 1 if multi_frame else None, note)
+    evidence = evidence_view(source)
+    content = content_tree(caption, source, identity, frame_index + 1 if multi_frame else None, note)
 
     def make(evidence_view: Dataset) -> hd.sr.ComprehensiveSR:
         return hd.sr.ComprehensiveSR(

@@ -1,0 +1,104 @@
+"""The review station's web app (FastAPI): pages (:mod:`.pages`) and the JSON API (:mod:`.api`).
+
+:func:`create_app` wires one :class:`ReviewContext` (store, accounts, sessions, settings) into a
+FastAPI app; :func:`serve` runs it under uvicorn, bound to 127.0.0.1 unless told otherwise, with
+TLS when a certificate and key are given. Every response carries headers that keep it out of
+frames and caches and allow scripts and styles from the app itself only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medblip_dicom.integrations.review.accounts import Accounts
+from medblip_dicom.integrations.review.security import LoginRequired, Sessions
+from medblip_dicom.integrations.review.signing import Reviewer
+from medblip_dicom.integrations.review.store import ReviewStore
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).with_name("templates")
+_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+}
+
+
+@dataclass
+class ReviewContext:
+    """What the routes need: the store, the accounts, the sessions and the settings."""
+
+    store: ReviewStore
+    accounts: Accounts
+    sessions: Sessions
+    organization: str = ""
+    secure_cookies: bool = False
+
+    def reviewer(self, username: str, person_name: str) -> Reviewer:
+        return Reviewer(username, person_name, self.organization)
+
+
+def create_app(store: ReviewStore, *, organization: str = "", secure_cookies: bool = False,
+               session_idle_s: float = 1800.0, max_login_failures: int = 5) -> FastAPI:
+    """The app for one spool's review store (cookies Secure when `secure_cookies`, i.e. under TLS)."""
+    from medblip_dicom.integrations.review import api, pages
+
+    accounts = Accounts(store.db, max_failures=max_login_failures)
+    app = FastAPI(title="medblip review station", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.review = ReviewContext(store, accounts, Sessions(store.db, accounts, idle_s=session_idle_s),
+                                     organization, secure_cookies)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)  # captions as text
+    app.state.templates = Jinja2Templates(env=env)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.exception_handler(LoginRequired)
+    async def to_login(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "request" for e in exc.errors()[:3])
+        message = f"invalid request: {fields}"
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message}, status_code=422)
+        return PlainTextResponse(message, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=headers)
+
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    return app
+
+
+def serve(app: FastAPI, *, host: str, port: int, cert: Path | None = None, key: Path | None = None) -> None:
+    """Run `app` under uvicorn until interrupted (SIGINT / SIGTERM stop it cleanly)."""
+    import uvicorn
+
+    logger.info("review station on %s://%s:%d", "https" if cert else "http", host, port)
+    uvicorn.run(app, host=host, port=port, ssl_certfile=str(cert) if cert else None,
+                ssl_keyfile=str(key) if key else None, log_level="warning", access_log=False)

@@ -1,0 +1,113 @@
+"""Sessions, CSRF and the two authentication dependencies every route declares.
+
+- Pages: a server-side session (table ``review_sessions``; the cookie holds a random id, the table
+  its SHA-256) with an idle timeout; the cookie is HttpOnly, SameSite=Strict, and Secure under
+  TLS. Without a live session a page redirects to ``/login`` (:class:`LoginRequired`).
+- Forms: every form carries the session's CSRF token (the login form a pre-session one, doubled in
+  a cookie); a POST without the right token is refused with 403.
+- API: ``Authorization: Bearer TOKEN`` (:meth:`Accounts.add_token`); 401 otherwise.
+
+Routes take ``PageUser`` / ``ApiUser`` (``Annotated[..., Depends(...)]``), so no route can forget
+authentication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from medblip_dicom.integrations.review.accounts import Accounts, User
+from medblip_dicom.integrations.review.db import ReviewDatabase
+
+SESSION_COOKIE = "medblip_review_session"
+LOGIN_CSRF_COOKIE = "medblip_review_login"
+#: A DICOM UID in a URL: digits and dots, at most 64 characters (no path traversal possible).
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+
+
+class LoginRequired(Exception):
+    """Raised by :func:`page_user` without a live session: the app answers with a redirect to /login."""
+
+
+@dataclass(frozen=True)
+class Session:
+    user: User
+    csrf: str
+
+
+class Sessions:
+    """Server-side sessions with an idle timeout."""
+
+    def __init__(self, db: ReviewDatabase, accounts: Accounts, *, idle_s: float) -> None:
+        self.db = db
+        self.accounts = accounts
+        self.idle_s = idle_s
+
+    def create(self, user: User) -> tuple[str, str]:
+        """A new session for `user`: returns (cookie value, CSRF token)."""
+        session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        now = time.time()
+        with self.db.write() as db:
+            db.execute("DELETE FROM review_sessions WHERE last_seen<?", (now - self.idle_s,))
+            db.execute("INSERT INTO review_sessions (id_sha256, username, csrf, created_at, last_seen) VALUES (?,?,?,?,?)",
+                       (_sha(session_id), user.username, csrf, now, now))
+        return session_id, csrf
+
+    def get(self, session_id: str | None) -> Session | None:
+        """The live session of this cookie (its idle clock restarts), or None."""
+        if not session_id:
+            return None
+        now = time.time()
+        rows = self.db.rows("SELECT username, csrf, last_seen FROM review_sessions WHERE id_sha256=?", (_sha(session_id),))
+        if not rows or now - float(rows[0][2]) > self.idle_s:
+            self.end(session_id)
+            return None
+        user = self.accounts.user(rows[0][0])
+        if user is None:
+            return None
+        with self.db.write() as db:
+            db.execute("UPDATE review_sessions SET last_seen=? WHERE id_sha256=?", (now, _sha(session_id)))
+        return Session(user, rows[0][1])
+
+    def end(self, session_id: str | None) -> None:
+        if session_id:
+            with self.db.write() as db:
+                db.execute("DELETE FROM review_sessions WHERE id_sha256=?", (_sha(session_id),))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def page_session(request: Request) -> Session:
+    """The dependency of every page: the live session, else a redirect to /login."""
+    session = request.app.state.review.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        raise LoginRequired()
+    return session
+
+
+def api_user(request: Request) -> User:
+    """The dependency of every API route: the user of a valid bearer token, else 401."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    user = request.app.state.review.accounts.user_for_token(token.strip()) \
+        if scheme.lower() == "bearer" and token.strip() else None
+    if user is None:
+        raise HTTPException(status_code=401, detail="a valid API token is needed: Authorization: Bearer TOKEN",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def check_csrf(expected: str | None, given: str | None) -> None:
+    """403 unless the form's token matches (constant-time comparison)."""
+    if not expected or not given or not secrets.compare_digest(str(expected), str(given)):
+        raise HTTPException(status_code=403, detail="the form's CSRF token is missing or wrong; reload the page")
+
+
+PageSession = Annotated[Session, Depends(page_session)]
+ApiUser = Annotated[User, Depends(api_user)]

@@ -1,0 +1,169 @@
+"""The reviewer's documents: the signed (VERIFIED) Comprehensive SR and the IOCM rejection note.
+
+A signed report follows the SR contract (DESIGN.md, "The SR contract"), built from the same pieces
+as the AI report (:func:`medblip_dicom.report.content_tree` and
+:func:`~medblip_dicom.report.evidence_view`):
+
+- same Patient and Study as the source, evidence = the source; VerificationFlag VERIFIED with
+  VerifyingObserverSequence (the reviewer's name, the organization, the time), PreliminaryFlag
+  FINAL, CompletionFlag COMPLETE;
+- PredecessorDocumentsSequence -> the AI report, or the previous signed report for an amendment;
+- a person observer (the reviewer) beside the device observer (the model that wrote the caption);
+- the final text as the Finding, and the review outcome beside it: whether the AI text was kept
+  unchanged or edited (:data:`REVIEW_OUTCOME`, a TEXT item of this project's private scheme);
+- SOPInstanceUID derived from the AI report, its predecessor, the reviewer and the text: signing
+  the same text twice gives the same UID (a double click signs once).
+
+The rejection note is a Key Object Selection document titled (113001, DCM) "Rejected for Quality
+Reasons" (IHE IOCM) that references the AI report, so archives that honour IOCM hide it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+from dataclasses import dataclass
+
+import highdicom as hd
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from medblip_dicom import __version__
+from medblip_dicom.errors import ReportError
+from medblip_dicom.identity import ModelIdentity
+from medblip_dicom.report import MANUFACTURER, content_tree, evidence_view, is_multiframe_class
+from medblip_dicom.report_view import CaptionReport
+from medblip_dicom.uids import stable_uid
+
+#: Series Description of signed reports and of rejection notes (LO, at most 64 characters).
+SIGNED_SERIES_DESCRIPTION = "AI caption reviewed and signed by a radiologist"
+REJECTION_SERIES_DESCRIPTION = "AI caption rejected by a radiologist (IOCM)"
+SIGNED_SERIES_NUMBER = 991
+REJECTION_SERIES_NUMBER = 992
+#: The review outcome beside the finding: "AI text kept unchanged" or "AI text edited".
+REVIEW_OUTCOME = CodedConcept("REVIEW-OUTCOME", "99MEDBLIP", "Review outcome")
+KEPT, EDITED = "AI text kept unchanged", "AI text edited"
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """Who signs: login name (the audit's and the UID's key), DICOM person name, organization."""
+
+    username: str
+    person_name: str
+    organization: str
+
+
+def normalise_text(text: str) -> str:
+    """The text as it is signed: whitespace runs collapsed (what the SR and the comparison hold)."""
+    return " ".join(str(text).split())
+
+
+def signed_uid(ai_uid: str, predecessor_uid: str, username: str, text: str) -> str:
+    """The SOPInstanceUID of the signed report (deterministic; see the module docstring)."""
+    return stable_uid("medblip-dicom/signed-sr", ai_uid, predecessor_uid, username, normalise_text(text))
+
+
+def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, reviewer: Reviewer, text: str,
+                        *, when: dt.datetime | None = None) -> hd.sr.ComprehensiveSR:
+    """The VERIFIED, FINAL, COMPLETE report of `reviewer` with `text` for the source of `ai_sr`.
+
+    `predecessor` is `ai_sr` itself, or the previous signed report (an amendment); `source` is the
+    source instance (its header is enough). Raises ReportError for an empty text or content that
+    highdicom refuses.
+    """
+    ai = CaptionReport.from_dataset(ai_sr)
+    label = ai.sop_instance_uid
+    text = normalise_text(text)
+    if not text:
+        raise ReportError(label, "the signed text is empty; write a finding or reject the report")
+    if str(source.SOPInstanceUID) != ai.source_sop_instance_uid:
+        raise ReportError(label, f"the source {source.SOPInstanceUID} is not the AI report's source")
+    identity = ModelIdentity(ai.model_name, ai.model_version, ai.weights_sha256, "review")
+    person = hd.sr.PersonObserverIdentifyingAttributes(name=reviewer.person_name,
+                                                       organization_name=reviewer.organization or None)
+    outcome = hd.sr.TextContentItem(name=REVIEW_OUTCOME, value=KEPT if text == normalise_text(ai.caption) else EDITED,
+                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    frame = ai.source_frames[0] if ai.source_frames and is_multiframe_class(str(source.SOPClassUID)) else None
+    when = when or dt.datetime.now().astimezone()
+    try:
+        content = content_tree(text, source, identity, frame, ai.note or None, person=person, extra_items=(outcome,))
+        # The device observer of the AI report is kept as it was: the model that wrote the caption.
+        _set_device_uid(content, ai.device_uid)
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[evidence_view(source)],
+            content=content,
+            series_instance_uid=stable_uid("medblip-dicom/signed-series", ai.series_instance_uid),
+            series_number=SIGNED_SERIES_NUMBER,
+            sop_instance_uid=signed_uid(ai.sop_instance_uid, str(predecessor.SOPInstanceUID), reviewer.username, text),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=True,
+            is_verified=True,
+            verifying_observer_name=reviewer.person_name,
+            verifying_organization=reviewer.organization or "unknown",
+            previous_versions=[predecessor],
+            series_description=SIGNED_SERIES_DESCRIPTION,
+            manufacturer_model_name=ai.model_name[:64],
+            software_versions=[f"medblip-dicom {__version__}", ai.model_version[:64]],
+            device_serial_number=ai.weights_sha256,
+        )
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ReportError(label, f"cannot build the signed report ({type(exc).__name__}: {exc})") from None
+    stamp = when.strftime("%Y%m%d%H%M%S.%f%z")
+    sr.VerifyingObserverSequence[0].VerificationDateTime = stamp
+    sr.ContentDate, sr.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
+    return sr
+
+
+def _set_device_uid(content: Dataset, device_uid: str) -> None:
+    if not device_uid:
+        return
+    for item in content.ContentSequence:
+        code = item.ConceptNameCodeSequence[0].CodeValue if item.get("ConceptNameCodeSequence") else None
+        if code == "121012" and item.get("ValueType") == "UIDREF":  # Device Observer UID
+            item.UID = device_uid
+
+
+def build_rejection_note(ai_sr: Dataset, reviewer: Reviewer, reason: str) -> hd.ko.KeyObjectSelectionDocument:
+    """A Key Object Selection "Rejected for Quality Reasons" (113001, DCM) referencing `ai_sr`."""
+    ai = CaptionReport.from_dataset(ai_sr)
+    person = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=reviewer.person_name, organization_name=reviewer.organization or None))
+    reason = normalise_text(reason)[:1024] or "rejected"
+    try:
+        content = hd.ko.KeyObjectSelection(document_title=codes.DCM.RejectedForQualityReasons,
+                                           referenced_objects=[ai_sr], observer_person_context=person,
+                                           description=reason)
+        return hd.ko.KeyObjectSelectionDocument(
+            evidence=[ai_sr],
+            content=content,
+            series_instance_uid=stable_uid("medblip-dicom/rejection-series", ai.series_instance_uid),
+            series_number=REJECTION_SERIES_NUMBER,
+            sop_instance_uid=stable_uid("medblip-dicom/rejection", ai.sop_instance_uid),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            series_description=REJECTION_SERIES_DESCRIPTION,
+        )
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ReportError(ai.sop_instance_uid, f"cannot build the rejection note ({type(exc).__name__}: {exc})") from None
+
+
+def encode(ds: Dataset) -> bytes:
+    """The Part 10 bytes of a document (what is written atomically and delivered)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def document_name(ds: Dataset) -> str:
+    """``<SOPInstanceUID>.dcm`` (digits and dots only: safe as a file name)."""
+    uid = str(ds.SOPInstanceUID)
+    if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
+        raise ReportError(uid[:80], "not a valid UID for a file name")
+    return f"{uid}{os.extsep}dcm"

@@ -1,0 +1,314 @@
+"""The review state: AI reports waiting for a reviewer, signatures, rejections (tables in :mod:`.db`).
+
+Files, under ``SPOOL/review/``::
+
+    items/<AI SR UID>/source.dcm   the source instance, kept while the report is under review
+    items/<AI SR UID>/ai.dcm       the AI report as it was delivered (or held)
+    signed/<SR UID>.dcm            every signed report (the first and each amendment)
+    notes/<KOS UID>.dcm            IOCM rejection notes
+
+**Signing** is one transaction of the spool's journal: the signed report's file is written
+atomically (temporary file, fsync, rename) and then, in the same transaction, its row, the item's
+new state, the audit row and a delivery job (``origin = "review"``, state ``reported``) are
+committed. A process killed before the commit leaves a complete file without a row, which
+:meth:`ReviewStore.recover` removes (and which signing the same text again would replace: its UID
+is the same); after the commit, the whole signature stands. Two reviewers at once: the write lock
+serialises them and the unique predecessor column lets each document have one successor only, so
+the second gets :class:`ReviewConflict` naming who signed first.
+
+**Delivery** of signed reports and rejection notes is the services' delivery loop (the same sinks
+as every report): the job row waits in ``reported`` until a watch or node service on this spool
+runs; ``medblip status`` counts it meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from medblip_dicom.fileio import atomic_write_bytes, fsync_dir
+from medblip_dicom.report_view import CaptionReport
+
+from medblip_dicom.integrations.review.db import ReviewDatabase
+from medblip_dicom.integrations.review.signing import (
+    Reviewer, build_rejection_note, build_signed_report, document_name, encode, normalise_text,
+)
+
+logger = logging.getLogger(__name__)
+
+PENDING, SIGNED, REJECTED = "pending", "signed", "rejected"
+STATES = (PENDING, SIGNED, REJECTED)
+
+
+class ReviewError(Exception):
+    """A review action that cannot be done as asked (the message says why, for the reviewer)."""
+
+
+class ReviewNotFound(ReviewError):
+    """No report under review has this UID."""
+
+
+class ReviewConflict(ReviewError):
+    """Someone else decided on this report meanwhile (or it is in a state that forbids the action)."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signed report: its UID, file and what it says; ``created`` False when it already existed."""
+
+    uid: str
+    ai_uid: str
+    predecessor_uid: str
+    username: str
+    text: str
+    edited: bool
+    signed_at: float
+    path: Path
+    created: bool = True
+
+
+class ReviewStore:
+    """The review tables and files of one spool (thread-safe; several processes may share it)."""
+
+    def __init__(self, spool_dir: str | os.PathLike[str], *, organization: str = "", keep_sources: bool = True,
+                 send_rejection_note: bool = False) -> None:
+        self.db = ReviewDatabase(Path(spool_dir))
+        self.root = self.db.root
+        self.organization = organization
+        self.keep_sources = keep_sources
+        self.send_rejection_note = send_rejection_note
+        for sub in ("items", "signed", "notes"):
+            (self.root / "review" / sub).mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- items ------------------------------------------------------------------------------------
+
+    def add_item(self, job_id: int | None, source: Path, ai_report: Path) -> str | None:
+        """Put an AI report under review (keeping its source); idempotent. Returns the AI SR's UID,
+        or None when the report is not one of ours."""
+        sr = pydicom.dcmread(ai_report, stop_before_pixels=True)
+        try:
+            ai = CaptionReport.from_dataset(sr, label=str(ai_report))
+        except Exception as exc:  # noqa: BLE001 - a picture or foreign file: nothing to review
+            logger.debug("not reviewing %s: %s", ai_report.name, exc)
+            return None
+        if ai.verified:
+            return None
+        uid = ai.sop_instance_uid
+        if self.db.rows("SELECT 1 FROM review_items WHERE ai_uid=?", (uid,)):
+            return uid
+        folder = self.root / "review" / "items" / document_name(sr)[:-4]
+        folder.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(source, folder / "source.dcm")
+        _link_or_copy(ai_report, folder / "ai.dcm")
+        src = pydicom.dcmread(folder / "source.dcm", stop_before_pixels=True)
+        with self.db.write() as db:
+            db.execute("INSERT OR IGNORE INTO review_items (ai_uid, job_id, study_uid, source_uid, modality, study_date, "
+                       "model_name, model_version, caption, folder, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (uid, job_id, ai.study_instance_uid, ai.source_sop_instance_uid, str(src.get("Modality", "")),
+                        str(src.get("StudyDate", "")), ai.model_name, ai.model_version, ai.caption,
+                        os.path.relpath(folder, self.root), time.time()))
+        logger.info("job %s: AI report %s is under review", job_id, uid)
+        return uid
+
+    def item(self, ai_uid: str) -> dict[str, Any]:
+        rows = self.db.rows("SELECT * FROM review_items WHERE ai_uid=?", (ai_uid,))
+        if not rows:
+            raise ReviewNotFound(f"no report under review has the UID {ai_uid}")
+        return dict(rows[0])
+
+    def item_files(self, item: dict[str, Any]) -> tuple[Path, Path]:
+        """(source, AI report) of an item."""
+        folder = self.root / item["folder"]
+        return folder / "source.dcm", folder / "ai.dcm"
+
+    def patient(self, item: dict[str, Any]) -> tuple[str, str]:
+        """(name, ID) of an item's patient, read from its AI report, for the pages only (never logged)."""
+        try:
+            ds = pydicom.dcmread(self.item_files(item)[1], stop_before_pixels=True,
+                                 specific_tags=["PatientName", "PatientID"])
+        except (OSError, pydicom.errors.InvalidDicomError):
+            return "", ""
+        return str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))
+
+    def worklist(self, *, state: str = PENDING, modality: str = "", date: str = "", model: str = "",
+                 limit: int = 500) -> list[dict[str, Any]]:
+        """Items in `state`, newest first; filters: modality, study date (YYYYMMDD), model name or version."""
+        clauses, args = ["state=?"], [state]
+        if modality:
+            clauses.append("modality=?")
+            args.append(modality.upper())
+        if date:
+            clauses.append("study_date=?")
+            args.append(date)
+        if model:
+            clauses.append("(model_name=? OR model_version=?)")
+            args.extend([model, model])
+        sql = f"SELECT * FROM review_items WHERE {' AND '.join(clauses)} ORDER BY created_at DESC, ai_uid LIMIT ?"
+        return [dict(r) for r in self.db.rows(sql, [*args, limit])]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for row in self.db.rows("SELECT state, COUNT(*) FROM review_items GROUP BY state"):
+            out[str(row[0])] = int(row[1])
+        return out
+
+    def signatures(self, ai_uid: str) -> list[Signature]:
+        """Every signed version of one report, first to last."""
+        rows = self.db.rows("SELECT * FROM review_signed WHERE ai_uid=? ORDER BY signed_at, rowid", (ai_uid,))
+        return [self._signature(dict(r)) for r in rows]
+
+    def _signature(self, row: dict[str, Any], created: bool = True) -> Signature:
+        return Signature(row["uid"], row["ai_uid"], row["predecessor_uid"], row["username"], row["text"],
+                         bool(row["edited"]), float(row["signed_at"]), self.root / row["file"], created)
+
+    # -- decisions -----------------------------------------------------------------------------------
+
+    def sign(self, ai_uid: str, reviewer: Reviewer, text: str, *, predecessor: str | None = None) -> Signature:
+        """Sign `text` for the AI report `ai_uid` (see the module docstring).
+
+        `predecessor` is the version the reviewer saw (the AI report's UID by default): if another
+        reviewer signed meanwhile, :class:`ReviewConflict` says who. The same text as the current
+        version returns that version (``created`` False). Raises ReviewNotFound, ReviewConflict, or
+        ReportError for an empty text.
+        """
+        text = normalise_text(text)
+        with self.db.write() as db:
+            item = self._locked_item(db, ai_uid)
+            if item["state"] == REJECTED:
+                raise ReviewConflict(f"this report was rejected by {item['decided_by']}; it cannot be signed")
+            current = db.execute("SELECT * FROM review_signed WHERE uid=?", (item["current_uid"],)).fetchone() \
+                if item["current_uid"] else None
+            if current is not None and current["text"] == text:
+                return self._signature(dict(current), created=False)
+            seen = predecessor or ai_uid
+            head = item["current_uid"] or ai_uid
+            if seen != head:
+                raise ReviewConflict(f"{current['username'] if current else 'someone'} signed this report meanwhile "
+                                     f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(current['signed_at']))}); "
+                                     "reload it to see the signed text, and sign again to amend it")
+            source_path, ai_path = self.item_files(item)
+            ai_sr = pydicom.dcmread(ai_path)
+            previous = pydicom.dcmread(self.root / current["file"]) if current is not None else ai_sr
+            sr = build_signed_report(ai_sr, previous, pydicom.dcmread(source_path, stop_before_pixels=True),
+                                     reviewer, text)
+            rel = f"review/signed/{document_name(sr)}"
+            data = encode(sr)
+            atomic_write_bytes(self.root / rel, data)
+            _before_commit()
+            edited = text != normalise_text(item["caption"])
+            now = time.time()
+            try:
+                db.execute("INSERT INTO review_signed (uid, ai_uid, predecessor_uid, username, text, edited, signed_at, "
+                           "file) VALUES (?,?,?,?,?,?,?,?)",
+                           (str(sr.SOPInstanceUID), ai_uid, head, reviewer.username, text, int(edited), now, rel))
+            except sqlite3.IntegrityError:
+                raise ReviewConflict("another reviewer signed this report at the same moment; reload it") from None
+            job_id = self._enqueue(db, sr, rel, data, now)
+            db.execute("UPDATE review_signed SET job_id=? WHERE uid=?", (job_id, str(sr.SOPInstanceUID)))
+            db.execute("UPDATE review_items SET state=?, current_uid=?, decided_by=?, decided_at=? WHERE ai_uid=?",
+                       (SIGNED, str(sr.SOPInstanceUID), reviewer.username, now, ai_uid))
+            self.db.audit(reviewer.username, "amend" if current is not None else "sign", ai_uid,
+                          f"signed {sr.SOPInstanceUID} ({'edited' if edited else 'unchanged'}), delivery job {job_id}", db)
+            row = db.execute("SELECT * FROM review_signed WHERE uid=?", (str(sr.SOPInstanceUID),)).fetchone()
+        self._after_decision(item)
+        return self._signature(dict(row))
+
+    def reject(self, ai_uid: str, reviewer: Reviewer, reason: str) -> str | None:
+        """Reject the AI report with `reason`; with ``send_rejection_note`` an IOCM note is enqueued.
+        Returns the note's UID (or None). Raises ReviewNotFound, ReviewConflict (already decided)."""
+        reason = normalise_text(reason)
+        if not reason:
+            raise ReviewError("give a reason for the rejection")
+        with self.db.write() as db:
+            item = self._locked_item(db, ai_uid)
+            if item["state"] != PENDING:
+                raise ReviewConflict(f"this report was already {item['state']} by {item['decided_by']}")
+            note_uid = None
+            now = time.time()
+            if self.send_rejection_note:
+                ko = build_rejection_note(pydicom.dcmread(self.item_files(item)[1]), reviewer, reason)
+                rel = f"review/notes/{document_name(ko)}"
+                data = encode(ko)
+                atomic_write_bytes(self.root / rel, data)
+                self._enqueue(db, ko, rel, data, now)
+                note_uid = str(ko.SOPInstanceUID)
+            db.execute("UPDATE review_items SET state=?, reason=?, decided_by=?, decided_at=?, current_uid=? "
+                       "WHERE ai_uid=?", (REJECTED, reason, reviewer.username, now, note_uid, ai_uid))
+            self.db.audit(reviewer.username, "reject", ai_uid, f"rejection note {note_uid}" if note_uid else None, db)
+        self._after_decision(item)
+        return note_uid
+
+    def _locked_item(self, db: sqlite3.Connection, ai_uid: str) -> sqlite3.Row:
+        item = db.execute("SELECT * FROM review_items WHERE ai_uid=?", (ai_uid,)).fetchone()
+        if item is None:
+            raise ReviewNotFound(f"no report under review has the UID {ai_uid}")
+        return item
+
+    def _enqueue(self, db: sqlite3.Connection, ds: Dataset, rel: str, data: bytes, now: float) -> int:
+        """A delivery job for a document the review wrote: ``reported`` at once, so the services'
+        delivery loop sends it through the same sinks as every report."""
+        name = Path(rel).name
+        link = f"inputs/review-{name}"
+        _link_or_copy(self.root / rel, self.root / link)
+        cur = db.execute(
+            "INSERT INTO jobs (origin, name, input_file, state, sop_instance_uid, sop_class_uid, study_instance_uid, "
+            "series_instance_uid, content_sha256, size, received_at, updated_at, reported_at, reports, "
+            "sr_sop_instance_uid, selected) VALUES ('review', ?, ?, 'reported', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (name, link, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.StudyInstanceUID),
+             str(ds.SeriesInstanceUID), hashlib.sha256(data).hexdigest(), len(data), now, now, now,
+             json.dumps([rel]), str(ds.SOPInstanceUID)))
+        return int(cur.lastrowid)
+
+    def _after_decision(self, item: Any) -> None:
+        if not self.keep_sources:
+            with contextlib.suppress(OSError):
+                self.item_files(dict(item))[0].unlink()
+
+    # -- recovery -------------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Remove signed reports and notes that a process killed mid-sign wrote without committing them."""
+        known = {r[0] for r in self.db.rows("SELECT file FROM review_signed")}
+        known |= {f"review/notes/{r[0]}.dcm" for r in self.db.rows(
+            "SELECT current_uid FROM review_items WHERE state=? AND current_uid IS NOT NULL", (REJECTED,))}
+        removed = 0
+        for sub in ("signed", "notes"):
+            for path in (self.root / "review" / sub).iterdir():
+                if f"review/{sub}/{path.name}" not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            logger.warning("removed %d uncommitted signed report(s) left by an interrupted signature", removed)
+        return removed
+
+
+def _before_commit() -> None:
+    """Between the signed file and its commit (tests make a process die here)."""
+
+
+def _link_or_copy(src: Path, target: Path) -> None:
+    """A hard link (no second copy of the bytes), else an atomic copy; an existing target is kept."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, target)
+        fsync_dir(target.parent)
+    except OSError:
+        from medblip_dicom.fileio import atomic_copy
+
+        atomic_copy(src, target)

@@ -1,0 +1,66 @@
+"""Delivery and the review: sources kept while under review, hold_until_signed, the IOCM rejection note."""
+
+from __future__ import annotations
+
+import pydicom
+
+from medblip_dicom.integrations.review.signing import Reviewer
+
+from tests.support.dicom import dciodvfy_errors
+
+ALICE = Reviewer("alice", "Doe^Alice", "Test Hospital")
+
+
+def test_without_hold_the_ai_report_goes_at_once_and_the_source_stays_for_review(review_spool):
+    rs = review_spool(2)
+    assert sorted(p.name for p in rs.out.iterdir()) == sorted(f"{u}.dcm" for u in rs.ai_uids)
+    assert {j.state.value for j in rs.spool.jobs()} == {"delivered"}
+    assert not list((rs.root / "inputs").iterdir())  # the spool's own copy followed the retention rules
+    for uid in rs.ai_uids:
+        source, ai = rs.store.item_files(rs.store.item(uid))
+        assert source.is_file() and ai.is_file()
+        assert str(pydicom.dcmread(ai).SOPInstanceUID) == uid
+
+
+def test_intake_is_idempotent(review_spool):
+    rs = review_spool(1)
+    job = rs.spool.jobs()[0]
+    rs.store.add_item(job.id, rs.sources[0], rs.out / f"{rs.ai_uids[0]}.dcm")
+    assert rs.store.counts()["pending"] == 1
+
+
+def test_hold_until_signed_sends_nothing_until_a_reviewer_signs(review_spool):
+    from medblip_dicom.integrations.delivery import Delivery
+
+    rs = review_spool(2, hold=True)
+    assert not rs.out.exists() or not list(rs.out.iterdir())
+    jobs = rs.spool.jobs()
+    assert {(j.state.value, j.error_class) for j in jobs} == {("skipped", "HeldForReview")}
+    assert rs.store.counts()["pending"] == 2
+    signature = rs.store.sign(rs.ai_uids[0], ALICE, "signed while held")
+    Delivery(rs.spool, out_dir=rs.out).deliver_all_once()
+    assert [p.name for p in rs.out.iterdir()] == [f"{signature.uid}.dcm"]
+
+
+def test_a_rejection_note_references_the_ai_report(review_spool):
+    from medblip_dicom.integrations.delivery import Delivery
+
+    rs = review_spool(1, rejection_note=True)
+    note_uid = rs.store.reject(rs.ai_uids[0], ALICE, "not this patient's anatomy")
+    Delivery(rs.spool, out_dir=rs.out).deliver_all_once()
+    path = rs.out / f"{note_uid}.dcm"
+    ko = pydicom.dcmread(path)
+    assert not dciodvfy_errors(path)
+    assert ko.Modality == "KO" and ko.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    refs = [r.ReferencedSOPInstanceUID for s in ko.CurrentRequestedProcedureEvidenceSequence
+            for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence]
+    assert refs == [rs.ai_uids[0]]
+    assert rs.store.recover() == 0  # a committed note is not an orphan
+
+
+def test_keep_sources_false_removes_the_source_after_the_decision(review_spool):
+    rs = review_spool(1)
+    rs.store.keep_sources = False
+    rs.store.sign(rs.ai_uids[0], ALICE, "done")
+    source, ai = rs.store.item_files(rs.store.item(rs.ai_uids[0]))
+    assert not source.exists() and ai.exists()
