@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from medblip_dicom.integrations import readiness
 from medblip_dicom.integrations.components import (
-    build_delivery, build_telemetry, build_worker, load_captioner, open_spool,
+    build_delivery, build_stow_endpoint, build_telemetry, build_worker, load_captioner, open_spool,
 )
 from medblip_dicom.integrations.config import ConfigError, ServiceConfig
 from medblip_dicom.integrations.delivery import Delivery
@@ -34,6 +34,7 @@ from medblip_dicom.integrations.workerproc import WorkerProcess
 
 if TYPE_CHECKING:
     from medblip_dicom.captioner import Captioner
+    from medblip_dicom.integrations.dicomweb.endpoint import StowEndpoint
     from medblip_dicom.integrations.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Service:
         self.delivery: Delivery | None = None
         self.watcher: InboxWatcher | None = None
         self.node: StorageNode | None = None
+        self.stow: StowEndpoint | None = None
         self.telemetry: Telemetry | None = None
         self.ops: OpsServer | None = None
         self._audit_running = False
@@ -104,6 +106,8 @@ class Service:
             self.watcher = InboxWatcher(self.spool, cfg.watch, self.telemetry)
         if self.want_node:
             self.node = StorageNode(self.spool, cfg.node, self.telemetry)
+        if self.want_node and cfg.dicomweb.enabled:
+            self.stow = build_stow_endpoint(self.spool, cfg, self.telemetry)
 
     def _thread(self, name: str, target: Callable[[threading.Event], None], stop: threading.Event) -> None:
         def body() -> None:
@@ -154,6 +158,8 @@ class Service:
             self._thread("watch", self.watcher.run, self._producer_stop)
         if self.node is not None:
             self.node.start()
+        if self.stow is not None:
+            self.stow.start()
         assert self.telemetry is not None
         self._audit_started()
         m = self.config.metrics
@@ -213,6 +219,8 @@ class Service:
         """Stop producers, then worker and delivery (the batch in progress finishes), close the spool."""
         self._producer_stop.set()
         try:
+            if self.stow is not None:
+                self.stow.stop()
             if self.node is not None:
                 self.node.stop()
         finally:

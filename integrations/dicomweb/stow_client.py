@@ -177,7 +177,8 @@ class StowClient:
         for path, ds in items:
             reason = failed.get(str(ds.SOPInstanceUID))
             detail = f", FailureReason 0x{reason:04X} {status_meaning(reason)[2].split(' ', 1)[1]}" if reason else ""
-            out.append(StoreOutcome(path, reason, False, True, f"HTTP {code} {response.reason or ''}".rstrip() + detail))
+            words = f"HTTP {code} {response.reason or ''}".rstrip()
+            out.append(StoreOutcome(path, reason, False, True, words + detail))
         return out
 
 

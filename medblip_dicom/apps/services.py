@@ -108,6 +108,9 @@ def add_commands(subparsers: Any) -> None:
     node.add_argument("--host", default=None, help="address to bind ([node] host, default 127.0.0.1)")
     node.add_argument("--allow", action="append", default=None, metavar="AET",
                       help="allow this calling AE title (repeatable; default: any)")
+    node.add_argument("--dicomweb-port", type=int, default=None, metavar="P",
+                      help="also take STOW-RS on this port: POST /dicom-web/studies ([dicomweb] port; host, tokens, "
+                      "TLS and the body limit in [dicomweb])")
     _add_common(node)
     node.set_defaults(func=cmd_node, service=True)
 
@@ -237,7 +240,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     if not packages_present("node", modules=("pynetdicom",)):
         return EXIT_USAGE
     config = _load("node", args, {"node": {"ae_title": args.ae_title, "port": args.port, "host": args.host,
-                                           "allowed_calling_aets": args.allow}})
+                                           "allowed_calling_aets": args.allow},
+                                  "dicomweb": {"port": args.dicomweb_port}})
     if config is None:
         return EXIT_USAGE
     return _run_service("node", config, watch=False, node=True)

@@ -1,0 +1,179 @@
+"""The STOW-RS endpoint of the node service: ``POST /dicom-web/studies[/{StudyInstanceUID}]``.
+
+A Starlette app (the web stack of the review station) served by uvicorn in a thread of the
+service, on ``[dicomweb] host:port`` (127.0.0.1 unless told otherwise), with TLS when a
+certificate is set (then plain HTTP is not answered at all). In order, a request is refused:
+
+- 401 without ``Authorization: Bearer <token>`` of one of the configured tokens (when any is);
+- 415 unless it is ``multipart/related; type="application/dicom"``;
+- 413 when its Content-Length, or the bytes read so far, pass ``[dicomweb] max_body_bytes``:
+  the body is parsed as it streams in (:mod:`.multipart`), never read whole into memory;
+- 400 when the body is malformed: no valid boundary, the boundary never appears, truncated
+  before its closing boundary, broken part headers.
+
+Nothing of a refused request is stored. A complete body's parts are then stored one by one
+(:mod:`.receiver`): 200, 202 or 409 with an ``application/dicom+json`` body that lists only the
+instances the spool holds durably. Error answers carry ``{"error": reason}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from medblip_dicom.integrations.config_dicomweb import DicomwebConfig
+from medblip_dicom.integrations.dicomweb.multipart import (
+    BodyTooLarge, MultipartError, MultipartParser, UnsupportedMediaType, stow_boundary,
+)
+from medblip_dicom.integrations.dicomweb.receiver import StowReceiver
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes: int,
+              on_security_alert: Callable[[str, str], None] | None = None) -> Any:
+    """The Starlette app: the two STOW-RS routes; anything else is 404 (405 for another method)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    def error(status: int, reason: str, **headers: str) -> Response:
+        return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
+
+    def authorised(request: Request) -> bool:
+        if not tokens:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return False
+        given_bytes = given.strip().encode()
+        # Compare against every token (no early exit), so timing does not tell which one is near.
+        return sum(hmac.compare_digest(given_bytes, t.encode()) for t in tokens) > 0
+
+    async def stow(request: Request) -> Response:
+        peer = request.client.host if request.client else "?"
+        if not authorised(request):
+            logger.warning("STOW-RS from %s refused: no valid bearer token", peer)
+            if on_security_alert is not None:
+                on_security_alert(peer, "STOW-RS request without a valid bearer token")
+            return error(401, "a valid bearer token is required", **{"WWW-Authenticate": 'Bearer realm="dicom-web"'})
+        study_uid = request.path_params.get("study")
+        if study_uid is not None and (len(study_uid) > 64 or not _UID.match(study_uid)):
+            return error(400, "the StudyInstanceUID in the URL is not a UID")
+        try:
+            boundary = stow_boundary(request.headers.get("content-type"))
+        except UnsupportedMediaType as exc:
+            return error(415, str(exc))
+        except MultipartError as exc:
+            return error(400, str(exc))
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return error(413, f"the body is longer than the limit of {max_body_bytes} bytes",
+                         Connection="close")
+        parser = MultipartParser(boundary, max_body_bytes=max_body_bytes)
+        try:
+            async for chunk in request.stream():
+                parser.feed(chunk)
+            parts = parser.close()
+        except BodyTooLarge as exc:
+            parser.discard()
+            return error(413, str(exc), Connection="close")
+        except MultipartError as exc:
+            parser.discard()
+            logger.warning("STOW-RS from %s refused: malformed multipart body (%s)", peer, exc)
+            return error(400, f"malformed multipart body: {exc}")
+        except Exception:
+            parser.discard()  # the client went away mid-body (ClientDisconnect): nothing was stored
+            raise
+        result = await run_in_threadpool(receiver.store, parts, study_uid, peer=peer)
+        logger.info("STOW-RS from %s: %d stored, %d refused -> HTTP %d", peer, len(result.stored),
+                    len(result.failed), result.http_status)
+        return JSONResponse(result.dicom_json(), status_code=result.http_status, media_type="application/dicom+json")
+
+    routes = [Route("/dicom-web/studies", stow, methods=["POST"]),
+              Route("/dicom-web/studies/{study}", stow, methods=["POST"])]
+    return Starlette(routes=routes)
+
+
+class StowEndpoint:
+    """The endpoint as a server: :meth:`start` binds and serves in a thread, :meth:`stop` ends it."""
+
+    def __init__(self, receiver: StowReceiver, config: DicomwebConfig,
+                 on_security_alert: Callable[[str, str], None] | None = None) -> None:
+        self.receiver = receiver
+        self.config = config
+        self.tokens = config.tokens()  # read now: a missing token file stops the start with its name
+        self.app = build_app(receiver, tokens=self.tokens, max_body_bytes=config.max_body_bytes,
+                             on_security_alert=on_security_alert)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("the STOW-RS endpoint is not listening")
+        return int(self._socket.getsockname()[1])
+
+    def start(self) -> None:
+        """Bind (errors such as a port in use are raised here) and serve in a background thread."""
+        import uvicorn
+
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.host, cfg.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self._socket = sock
+        tls = {"ssl_certfile": str(cfg.cert), "ssl_keyfile": str(cfg.key)} if cfg.tls else {}
+        self._server = uvicorn.Server(uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
+            server_header=False, **tls))
+        started = threading.Event()
+        server = self._server
+
+        def serve() -> None:
+            try:
+                server.run(sockets=[sock])
+            finally:
+                started.set()
+
+        self._thread = threading.Thread(target=serve, name="medblip-dicomweb", daemon=True)
+        self._thread.start()
+        while not server.started and not started.wait(0.02):
+            pass
+        if not server.started:
+            raise RuntimeError("the STOW-RS endpoint did not start (see the log)")
+        logger.info("STOW-RS endpoint listening on %s://%s:%d/dicom-web/studies (%s)", "https" if cfg.tls else "http",
+                    cfg.host, self.port, "bearer tokens" if self.tokens else "no token: loopback only")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting; requests in progress get `grace_s` to finish."""
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=grace_s + 5)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(timeout=5)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = None
+        logger.info("STOW-RS endpoint stopped (%d stored, %d refused)", self.receiver.stored, self.receiver.refused)
