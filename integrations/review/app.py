@@ -8,7 +8,10 @@ frames and caches and allow scripts and styles from the app itself only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,9 +99,24 @@ def create_app(store: ReviewStore, *, organization: str = "", secure_cookies: bo
 
 
 def serve(app: FastAPI, *, host: str, port: int, cert: Path | None = None, key: Path | None = None) -> None:
-    """Run `app` under uvicorn until interrupted (SIGINT / SIGTERM stop it cleanly)."""
+    """Run `app` under uvicorn until SIGINT / SIGTERM, which stop it cleanly (the call returns)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # uvicorn re-raises the signal afterwards; a stop is no error
+            previous = {sig: signal.signal(sig, lambda *_: setattr(self, "should_exit", True))
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(cert) if cert else None,
+                            ssl_keyfile=str(key) if key else None, log_level="warning", access_log=False)
     logger.info("review station on %s://%s:%d", "https" if cert else "http", host, port)
-    uvicorn.run(app, host=host, port=port, ssl_certfile=str(cert) if cert else None,
-                ssl_keyfile=str(key) if key else None, log_level="warning", access_log=False)
+    server = Server(config)
+    server.run()
+    if not server.started:
+        raise OSError(f"the server did not start on {host}:{port} (see the log above)")

@@ -36,6 +36,8 @@ EXTRAS = {
               ("rouge_score", "rouge-score"), ("pycocoevalcap", "pycocoevalcap")),
     "quickstart": (("accelerate", "accelerate"), ("nltk", "nltk"), ("matplotlib", "matplotlib"),
                    ("data_store", "pydicom-data")),
+    "review": (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("jinja2", "jinja2"), ("multipart", "python-multipart"),
+               ("argon2", "argon2-cffi")),
 }
 
 

@@ -13,7 +13,8 @@ from medblip_dicom.apps.common import EXIT_FAILED, EXIT_USAGE
 from medblip_dicom.apps.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ("caption", "train", "evaluate", "watch", "node", "status", "show-sr", "doctor", "quickstart")
+SUBCOMMANDS = ("caption", "train", "evaluate", "watch", "node", "status", "show-sr", "doctor", "quickstart",
+               "review")
 
 
 def _subparsers():

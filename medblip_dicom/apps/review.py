@@ -1,0 +1,205 @@
+"""``medblip review``: the review station and its accounts, export and statistics.
+
+- ``medblip review [--config FILE] [--host H] [--port P] [--spool DIR]``: serve the web app
+  (``serve`` may be named explicitly);
+- ``medblip review add-user USER --name "Last^First" --password-stdin``;
+- ``medblip review add-token USER`` prints a new API token;
+- ``medblip review export --out FILE.jsonl`` (rejected ones in ``FILE.rejected.jsonl``);
+- ``medblip review stats [--plot FILE.png] [--json]``.
+
+Exit codes as in :mod:`medblip_dicom.apps.common`: 2 for a bad flag, configuration, or a spool
+that does not exist; 1 for a runtime error (a port in use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
+
+EXAMPLES = """\
+examples:
+  medblip review add-user jdoe --name "Doe^Jane" --password-stdin --config /etc/medblip/medblip.toml
+  medblip review --config /etc/medblip/medblip.toml              # https://127.0.0.1:8400 with [review.tls]
+  medblip review add-token jdoe --config /etc/medblip/medblip.toml
+  medblip review export --out feedback.jsonl --config /etc/medblip/medblip.toml
+  medblip train --data feedback.jsonl --base-model runs/roco1/best --out runs/site1
+  medblip review stats --plot review.png --config /etc/medblip/medblip.toml
+
+The services put AI reports under review when [review] enabled = true; signed reports and
+rejection notes leave through their delivery (the output folder and/or the destination).
+"""
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("review", help="the radiologist's review station: sign, edit or reject AI reports",
+                            description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(parser, None)
+    parser.add_argument("--host", default=None, help="address to listen on (default [review] host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default [review] port, 8400)")
+    add_verbosity(parser)
+    parser.set_defaults(func=serve, service=True)
+    commands = parser.add_subparsers(dest="review_command", metavar="ACTION")
+    s = commands.add_parser("serve", help="serve the web app (the default)")
+    _common(s, argparse.SUPPRESS)
+    s.add_argument("--host", default=argparse.SUPPRESS)
+    s.add_argument("--port", type=int, default=argparse.SUPPRESS)
+    s.set_defaults(func=serve, service=True)
+    u = commands.add_parser("add-user", help="create a reviewer (or set a new password)")
+    u.add_argument("username")
+    u.add_argument("--name", required=True, help='the DICOM person name, "Last^First"')
+    u.add_argument("--password-stdin", action="store_true", required=True, help="read the password from stdin")
+    _common(u, argparse.SUPPRESS)
+    u.set_defaults(func=add_user, quick_exit=True)
+    t = commands.add_parser("add-token", help="print a new API token for a reviewer")
+    t.add_argument("username")
+    _common(t, argparse.SUPPRESS)
+    t.set_defaults(func=add_token, quick_exit=True)
+    e = commands.add_parser("export", help="signed reports as a JSONL manifest for medblip train")
+    e.add_argument("--out", required=True, help="FILE.jsonl (rejected reports go to FILE.rejected.jsonl)")
+    _common(e, argparse.SUPPRESS)
+    e.set_defaults(func=export, quick_exit=True)
+    st = commands.add_parser("stats", help="signed unchanged, edited, rejected; word edit distance and BLEU")
+    st.add_argument("--plot", default=None, help="also draw the figures into FILE.png (needs the train extra)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(st, argparse.SUPPRESS)
+    st.set_defaults(func=stats, quick_exit=True)
+
+
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", "-c", default=default, help="the services' TOML file ([review], [spool])")
+    parser.add_argument("--spool", default=default, help="the spool folder (default [spool] dir)")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from medblip_dicom.integrations.config import load_config
+
+    return load_config(getattr(args, "config", None), {
+        "spool": {"dir": getattr(args, "spool", None)},
+        "review": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+    })
+
+
+def _open(command: str, args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """(config, ReviewStore), or None after saying why (a bad configuration or spool)."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.review.store import ReviewStore
+
+    try:
+        config = _settings(args)
+        r = config.review
+        return config, ReviewStore(config.spool.dir, organization=r.organization, keep_sources=r.keep_sources,
+                                   send_rejection_note=r.send_rejection_note)
+    except MedblipError as exc:
+        say_error(command, exc)
+        return None
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the review station until SIGINT / SIGTERM."""
+    if not packages_present("review", "review"):
+        return EXIT_USAGE
+    opened = _open("review", args)
+    if opened is None:
+        return EXIT_USAGE
+    config, store = opened
+    from medblip_dicom.integrations.review.app import create_app, serve as run_server
+
+    r = config.review
+    store.recover()
+    app = create_app(store, organization=r.organization, secure_cookies=r.tls.enabled,
+                     session_idle_s=r.session_idle_s, max_login_failures=r.max_login_failures)
+    try:
+        run_server(app, host=r.host, port=r.port, cert=r.tls.cert, key=r.tls.key)
+    except (OSError, SystemExit) as exc:
+        say_error("review", f"cannot serve on {r.host}:{r.port}: {exc}")
+        return EXIT_FAILED
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def add_user(args: argparse.Namespace) -> int:
+    if not packages_present("review add-user", "review"):
+        return EXIT_USAGE
+    opened = _open("review add-user", args)
+    if opened is None:
+        return EXIT_USAGE
+    from medblip_dicom.integrations.review.accounts import AccountError, Accounts
+
+    _, store = opened
+    password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        user = Accounts(store.db).add_user(args.username, args.name, password)
+    except AccountError as exc:
+        say_error("review add-user", exc)
+        return EXIT_USAGE
+    print(f"reviewer {user.username} ({user.person_name}) saved")
+    return EXIT_OK
+
+
+def add_token(args: argparse.Namespace) -> int:
+    opened = _open("review add-token", args)
+    if opened is None:
+        return EXIT_USAGE
+    from medblip_dicom.integrations.review.accounts import AccountError, Accounts
+
+    _, store = opened
+    try:
+        print(Accounts(store.db).add_token(args.username))
+    except AccountError as exc:
+        say_error("review add-token", exc)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def export(args: argparse.Namespace) -> int:
+    opened = _open("review export", args)
+    if opened is None:
+        return EXIT_USAGE
+    from medblip_dicom.integrations.review.feedback import export as write_export, rejected_path
+
+    _, store = opened
+    try:
+        counts = write_export(store, args.out)
+    except OSError as exc:
+        say_error("review export", f"cannot write {args.out}: {exc}")
+        return EXIT_FAILED
+    from pathlib import Path
+
+    print(f"{counts['signed']} signed report(s) -> {args.out}; {counts['rejected']} rejected -> "
+          f"{rejected_path(Path(args.out))}" + (f"; {counts['missing']} signed without a kept source left out"
+                                                 if counts["missing"] else ""))
+    return EXIT_OK
+
+
+def stats(args: argparse.Namespace) -> int:
+    if args.plot and not packages_present("review stats", "train"):
+        return EXIT_USAGE
+    opened = _open("review stats", args)
+    if opened is None:
+        return EXIT_USAGE
+    from medblip_dicom.integrations.review.feedback import format_table, plot_stats, review_stats
+
+    _, store = opened
+    rows = review_stats(store, bleu=_bleu4())
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=1))
+    else:
+        print(format_table(rows) if rows else "nothing reviewed yet")
+    if args.plot:
+        print(f"figure: {plot_stats(rows, args.plot)}")
+    return EXIT_OK
+
+
+def _bleu4() -> Any:
+    """Corpus BLEU-4 from training (the project's tokenisation), when nltk is installed."""
+    try:
+        from medblip_dicom.training.bleu import bleu_scores
+    except ImportError:
+        return None
+    return lambda references, hypotheses: bleu_scores(references, hypotheses)["bleu4"]
