@@ -7,7 +7,8 @@ limits, disposal, reason files), owners (:mod:`.owners`: who holds a claim, and 
 and recovery (:mod:`.recovery`). It has one way to hand claims back, :meth:`Spool.release`.
 
 Durability: a producer acknowledges an instance only after :meth:`Spool.add_bytes` /
-:meth:`Spool.add_file` returned, and they return once the file and its journal row are on disk.
+:meth:`Spool.add_file` returned, and they return once the file and its journal row are on disk
+(instances arriving at the same time share the folder fsync and the journal commit: :mod:`.admit`).
 Final moves update the journal first and move the file second, so a restart finishes any move a
 crash interrupted. Several processes may share one spool.
 
@@ -23,7 +24,6 @@ its own.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -35,14 +35,13 @@ from pathlib import Path
 from typing import Protocol
 
 from medblip_dicom.integrations.spool import files, owners, recovery
+from medblip_dicom.integrations.spool.admit import (  # noqa: F401 - OWN_MANUFACTURER re-exported
+    OWN_MANUFACTURER, Admitted, Arrival, GroupCommit, commit_arrivals,
+)
 from medblip_dicom.integrations.spool.files import ContentHasher, InstanceInfo, SpaceGuard, read_instance_info
 from medblip_dicom.integrations.spool.journal import FINAL_STATES, Job, JobState, Journal, SpoolSummary
 
 logger = logging.getLogger(__name__)
-
-#: Manufacturer written into every SR and picture: instances carrying it are never captioned.
-OWN_MANUFACTURER = "medblip-dicom"
-
 
 class Bell(Protocol):
     """What the spool needs of a doorbell (``threading.Event`` and ``Doorbell`` both are)."""
@@ -107,6 +106,8 @@ class Spool:
         #: Prefix of this instance's files in tmp/ and inputs/: recovery can tell whose they are.
         self._file_tag = owners.file_tag(self.owner)
         self.space = SpaceGuard(self.root, max_bytes, min_free_bytes, self.journal.pending_bytes)
+        self._commits: GroupCommit[Arrival, Admitted] = GroupCommit(
+            lambda arrivals: commit_arrivals(self.root, self.journal, arrivals))
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -232,48 +233,24 @@ class Spool:
 
     def _admit(self, tmp: Path, size: int, sha: str, info: InstanceInfo, origin: str, name: str,
                done_dir: str | os.PathLike[str] | None, failed_dir: str | os.PathLike[str] | None) -> Admission:
-        from medblip_dicom.fileio import fsync_dir
-
-        rel = f"inputs/{self._file_tag}-{uuid.uuid4().hex}.dcm"
-        os.replace(tmp, self.root / rel)
-        fsync_dir(self.root / "inputs")
-        now = time.time()
-        state, error_class, reason, duplicate_of = JobState.RECEIVED, None, None, None
-        try:
-            with self.journal.write() as db:
-                if info.sop_instance_uid:
-                    duplicate_of = self.journal.duplicate_of(db, info.sop_instance_uid, sha)
-                    if duplicate_of is not None:
-                        state, error_class = JobState.SKIPPED, "Duplicate"
-                        reason = f"duplicate of job {duplicate_of} (same SOPInstanceUID and content)"
-                if duplicate_of is None and info.manufacturer == OWN_MANUFACTURER:
-                    state, error_class = JobState.SKIPPED, "OwnOutput"
-                    reason = "written by medblip-dicom itself (loop guard): not captioned"
-                cur = db.execute(
-                    "INSERT INTO jobs (origin, name, input_file, state, sop_instance_uid, sop_class_uid, "
-                    "study_instance_uid, series_instance_uid, transfer_syntax_uid, content_sha256, size, error_class, "
-                    "reason, received_at, updated_at, finished_at, done_dir, failed_dir, facts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (origin, name, rel, state.value, info.sop_instance_uid, info.sop_class_uid,
-                     info.study_instance_uid, info.series_instance_uid, info.transfer_syntax_uid, sha, size,
-                     error_class, reason, now, now, now if state is JobState.SKIPPED else None,
-                     os.fspath(done_dir) if done_dir is not None else None,
-                     os.fspath(failed_dir) if failed_dir is not None else None,
-                     json.dumps(info.facts) if info.facts else None),
-                )
-                job_id = int(cur.lastrowid)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                (self.root / rel).unlink()
-            raise
-        if state is JobState.SKIPPED:
-            logger.info("job %d: %s, skipped: %s (SOPInstanceUID %s)", job_id, origin, reason, info.sop_instance_uid)
-            self.dispose(self.job(job_id))
+        arrival = Arrival(tmp, f"inputs/{self._file_tag}-{uuid.uuid4().hex}.dcm", size, sha, info, origin, name,
+                          os.fspath(done_dir) if done_dir is not None else None,
+                          os.fspath(failed_dir) if failed_dir is not None else None)
+        admitted = self._commits.submit(arrival)  # durable once it returns (shared with concurrent arrivals)
+        if admitted.state is JobState.SKIPPED:
+            logger.info("job %d: %s, skipped: %s (SOPInstanceUID %s)", admitted.job_id, origin, admitted.reason,
+                        info.sop_instance_uid)
+            self.dispose(self.job(admitted.job_id))
         else:
             logger.info("job %d: received from %s (SOPInstanceUID %s, study %s, %d bytes)",
-                        job_id, origin, info.sop_instance_uid, info.study_instance_uid, size)
+                        admitted.job_id, origin, info.sop_instance_uid, info.study_instance_uid, size)
             self.received_event.set()
-        return Admission(job_id, state, duplicate_of)
+        return Admission(admitted.job_id, admitted.state, admitted.duplicate_of)
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(journal commits, instances admitted) since this spool was opened: how many shared a commit."""
+        return self._commits.commits, self._commits.items
 
     # -- worker and delivery side ----------------------------------------------------------------
 

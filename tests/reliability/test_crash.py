@@ -33,7 +33,7 @@ from tests.support.figures import mib, scaled, seed
 from tests.support.inputs import drop_into, make_good_files
 from tests.support.journal import journal_rows, pending
 from tests.support.privacy import scan_for_patient_data
-from tests.support.sender import SendLedger, StoreSender
+from tests.support.sender import SendLedger, SenderGroup
 from tests.support.services import service_config
 
 from tests.support.env import free_port
@@ -160,7 +160,8 @@ def test_sigkill_node_while_receiving_captioning_writing_and_forwarding(
                             forward={"destination": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"})
     service = services("node", config)
     ledger = SendLedger()
-    sender = StoreSender(port, ledger, per_association=8)
+    # Two concurrent streams: their instances share the node's group commits (integrations/spool/admit.py).
+    sender = SenderGroup(port, ledger, streams=2, per_association=8)
     sender.start()
     hits: Counter[str] = Counter()
     seen_log: list[dict] = []
@@ -176,7 +177,7 @@ def test_sigkill_node_while_receiving_captioning_writing_and_forwarding(
             if phase == "receiving":
                 threshold = rng.randint(1, per_round // 2)
                 seen = watch_phase(lambda: "association open, instances stored"
-                                   if sender.in_association.is_set() and sender.round_confirmed - base >= threshold
+                                   if sender.in_association() and sender.round_confirmed - base >= threshold
                                    and sender.remaining() > 0 else None, service=service)
             elif phase == "mid-batch":
                 seen = watch_phase(lambda: "jobs processing" if _query(

@@ -121,3 +121,42 @@ class StoreSender(threading.Thread):
         self.stop_event.set()
         self.join(timeout=60)
         assert not self.is_alive(), "the sender thread did not stop"
+
+
+class SenderGroup:
+    """Several :class:`StoreSender` streams sharing one ledger, each over associations of its own:
+    concurrent associations as from several modalities (the node commits their instances together)."""
+
+    def __init__(self, port: int, ledger: SendLedger, *, streams: int, per_association: int = 10) -> None:
+        self.senders = [StoreSender(port, ledger, per_association=per_association, name=f"sender-{k}")
+                        for k in range(streams)]
+
+    def start(self) -> None:
+        for sender in self.senders:
+            sender.start()
+
+    def add(self, files: dict[str, Path]) -> None:
+        """Deal the files out to the streams in turn."""
+        items = list(files.items())
+        for k, sender in enumerate(self.senders):
+            sender.add(dict(items[k::len(self.senders)]))
+
+    def remaining(self) -> int:
+        return sum(s.remaining() for s in self.senders)
+
+    @property
+    def round_confirmed(self) -> int:
+        return sum(s.round_confirmed for s in self.senders)
+
+    def in_association(self) -> bool:
+        return any(s.in_association.is_set() for s in self.senders)
+
+    @property
+    def error(self) -> BaseException | None:
+        return next((s.error for s in self.senders if s.error is not None), None)
+
+    def close(self) -> None:
+        for sender in self.senders:
+            sender.stop_event.set()
+        for sender in self.senders:
+            sender.close()
