@@ -101,11 +101,12 @@ def connect(address: str | None) -> float:
 
 @dataclass
 class BatchRun:
-    """What a job produced: the table, its wall-clock seconds and how long Ray took to start."""
+    """What a job produced: the table, its wall-clock seconds and its steady-state rate."""
 
     table: pd.DataFrame
     elapsed_s: float
-    startup_s: float = 0.0
+    #: images/s after the first captioned batch came back (actor start and model load excluded)
+    steady_images_s: float = 0.0
 
 
 def _blocks(frame: pd.DataFrame, cpus: float, batch_size: int) -> list[pd.DataFrame]:
@@ -115,22 +116,28 @@ def _blocks(frame: pd.DataFrame, cpus: float, batch_size: int) -> list[pd.DataFr
 
 
 def _resources(config: BatchConfig) -> dict[str, Any]:
-    """Actor count and CPUs per actor, and the prepare tasks' CPUs and count, for this cluster."""
+    """Caption actors and their CPUs, and the prepare tasks' CPUs and count, for this cluster.
+
+    With GPUs: one actor per `num_gpus_per_worker` GPUs with one CPU each; every other CPU prepares.
+    On CPUs only the model is the bottleneck: one actor takes all CPUs but a share for preparing
+    (an eighth, at least half a CPU), and its torch threads are its CPUs rounded up.
+    """
     import ray
 
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
     gpu_each = config.num_gpus_per_worker
-    if config.caption_workers is not None:
-        actors = config.caption_workers
+    if gpu_each > 0:
+        actors = config.caption_workers or max(1, int(gpus // gpu_each))
+        actor_cpus = config.cpus_per_worker or 1.0
     else:
-        actors = max(1, int(gpus // gpu_each)) if gpu_each > 0 else 1
-    actor_cpus = config.cpus_per_worker or (1.0 if gpu_each > 0 else max(1.0, float(int(cpus // 2))))
+        actors = config.caption_workers or 1
+        actor_cpus = config.cpus_per_worker or max(1.0, (cpus - max(0.5, cpus / 8)) / actors)
     left = max(0.5, cpus - actors * actor_cpus)
-    prepare_cpus = 0.5 if left < 2 else 1.0
+    prepare_cpus = 0.25 if left < 1 else 0.5 if left < 2 else 1.0
     workers = config.prepare_workers or max(1, int(left // prepare_cpus))
-    return {"cpus": cpus, "actors": actors, "actor_cpus": actor_cpus, "gpu_each": gpu_each,
-            "prepare_cpus": prepare_cpus, "prepare_workers": workers}
+    return {"cpus": cpus, "actors": actors, "actor_cpus": actor_cpus, "threads": max(1, math.ceil(actor_cpus)),
+            "gpu_each": gpu_each, "prepare_cpus": prepare_cpus, "prepare_workers": workers}
 
 
 def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
@@ -185,9 +192,15 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
     if on_rows is not None and rows:
         on_rows(res.table(rows.values()))  # carried over and skipped by selection: known before captioning
 
+    first_at, last_at, after_first = 0.0, 0.0, 0
     if todo:
         for batch in _caption_pipeline(pd.DataFrame(todo), config, plan_cfg).iter_batches(
                 batch_format="pandas", batch_size=None):
+            captioned = int((batch["status"] == "captioned").sum())
+            if captioned and not first_at:
+                first_at = time.perf_counter()
+            elif captioned:
+                last_at, after_first = time.perf_counter(), after_first + captioned
             chunk = []
             for rec in batch.to_dict("records"):
                 i = int(rec.pop("index"))
@@ -198,7 +211,8 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
             if on_rows is not None:
                 on_rows(res.table(chunk))
     table = res.table(rows[i] for i in range(len(frame)))
-    return BatchRun(table, time.perf_counter() - started)
+    steady = after_first / (last_at - first_at) if last_at > first_at else 0.0
+    return BatchRun(table, time.perf_counter() - started, steady)
 
 
 def _caption_pipeline(todo: pd.DataFrame, config: BatchConfig, plan_cfg: dict[str, Any]) -> Any:
@@ -217,17 +231,19 @@ def _stages(todo: pd.DataFrame, config: BatchConfig, plan_cfg: dict[str, Any], o
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
+    blocks = _blocks(todo, plan_cfg["cpus"], config.batch_size)
     return (
-        ray.data.from_pandas(_blocks(todo, plan_cfg["cpus"], config.batch_size))
+        ray.data.from_pandas(blocks)
         .map_batches(stages.prepare_batch, batch_format="pandas", batch_size=config.batch_size,
                      fn_kwargs={"model": config.model, "frame": config.frame},
-                     compute=TaskPoolStrategy(size=plan_cfg["prepare_workers"]), num_cpus=plan_cfg["prepare_cpus"])
+                     compute=TaskPoolStrategy(size=min(plan_cfg["prepare_workers"], len(blocks))),
+                     num_cpus=plan_cfg["prepare_cpus"])
         .map_batches(stages.CaptionActor, batch_format="pandas", batch_size=config.batch_size,
                      fn_constructor_kwargs={"model": config.model, "device": config.device, "dtype": config.dtype,
-                                            "threads": max(1, int(plan_cfg["actor_cpus"])),
+                                            "threads": plan_cfg["threads"],
                                             "generation": config.generation, "crash_once": config.crash_once},
                      compute=ActorPoolStrategy(size=plan_cfg["actors"]), num_cpus=plan_cfg["actor_cpus"],
                      num_gpus=plan_cfg["gpu_each"] or None, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
         .map_batches(stages.write_batch, batch_format="pandas", batch_size=config.batch_size,
-                     fn_kwargs={"output_dir": output_dir}, num_cpus=min(0.5, plan_cfg["prepare_cpus"]))
+                     fn_kwargs={"output_dir": output_dir}, num_cpus=plan_cfg["prepare_cpus"] / 2)
     )

@@ -135,6 +135,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return _run(args, config, inputs, results)
 
 
+def _quiet_ray(verbose: bool) -> None:
+    """Ray's own INFO and WARNING lines (start-up, each dataset's execution) only with -v."""
+    import ray.data  # noqa: F401 - configures its loggers on import
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
 def _run(args: argparse.Namespace, config, inputs: list[tuple[str, bool]], results: Path) -> int:  # noqa: ANN001
     import ray
     from tqdm import tqdm
@@ -142,15 +150,14 @@ def _run(args: argparse.Namespace, config, inputs: list[tuple[str, bool]], resul
     from medblip_dicom.integrations.batch.job import connect, run_batch
     from medblip_dicom.integrations.batch.results import summary, write_table
 
-    if not args.verbose:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    _quiet_ray(args.verbose)
     owned = not ray.is_initialized() and args.ray_address is None
     try:
         startup = connect(args.ray_address)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
         say_error("batch", f"cannot start or join Ray at {args.ray_address or 'local'}: {exc}")
         return EXIT_FAILED
+    _quiet_ray(args.verbose)  # ray.init and ray.data set their loggers up again
     counts = {"captioned": 0, "skipped": 0, "failed": 0}
     started = time.perf_counter()
     bar = tqdm(total=len(inputs), unit="file", disable=args.quiet or None, file=sys.stderr)
@@ -174,5 +181,6 @@ def _run(args: argparse.Namespace, config, inputs: list[tuple[str, bool]], resul
         if owned:
             ray.shutdown()  # the local Ray's processes end with the job
     print(summary(run.table, run.elapsed_s), file=sys.stderr)
-    print(f"Ray started in {startup:.1f} s; results in {results}; SRs in {args.out}", file=sys.stderr)
+    print(f"steady state {run.steady_images_s:.2f} images/s; Ray started in {startup:.1f} s; results in {results}; "
+          f"SRs in {args.out}", file=sys.stderr)
     return EXIT_FAILED if (run.table["status"] == "failed").any() else EXIT_OK
