@@ -64,3 +64,37 @@ def test_keep_sources_false_removes_the_source_after_the_decision(review_spool):
     rs.store.sign(rs.ai_uids[0], ALICE, "done")
     source, ai = rs.store.item_files(rs.store.item(rs.ai_uids[0]))
     assert not source.exists() and ai.exists()
+
+
+def test_the_services_delivery_gets_the_intake_when_review_is_enabled(tmp_path):
+    from medblip_dicom.integrations.components import build_delivery
+    from medblip_dicom.integrations.config import load_config
+    from medblip_dicom.integrations.spool import Spool
+
+    config = load_config(None, {"spool": {"dir": str(tmp_path / "spool")}, "output": {"dir": str(tmp_path / "out")},
+                                "review": {"enabled": True, "hold_until_signed": True}})
+    with Spool(config.spool.dir, min_free_bytes=0) as spool:
+        delivery = build_delivery(spool, config)
+        assert delivery.review is not None and delivery.review.hold_until_signed
+        delivery.review.close()
+        plain = load_config(None, {"spool": {"dir": str(tmp_path / "spool")}, "output": {"dir": str(tmp_path / "out")}})
+        assert build_delivery(spool, plain).review is None
+
+
+def test_review_settings_are_checked_naming_the_key(tmp_path):
+    import pytest
+
+    from medblip_dicom.integrations.config import ConfigError, load_config
+
+    for text, key in (('[review]\nport = 0\n', "[review] port"), ('[review]\nhold_until_signed = "yes"\n',
+                                                                     "[review] hold_until_signed"),
+                      ('[review.tls]\ncert = "a.pem"\n', "[review.tls] cert/key"),
+                      ('[review.tls]\nca = "a.pem"\n', "[review.tls] unknown key 'ca'"),
+                      ('[review]\nsession_idle_s = 0\n', "[review] session_idle_s")):
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            load_config(path)
+    path.write_text('[review.tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+    tls = load_config(path).review.tls
+    assert tls.enabled and tls.cert == tmp_path / "c.pem"  # relative to the file
