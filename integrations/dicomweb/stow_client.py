@@ -137,6 +137,15 @@ class StowClient:
                 outcomes[outcome.path] = outcome
         return [outcomes[path] for path in paths]
 
+    def send_datasets(self, datasets: Sequence[Any]) -> list[StoreOutcome]:
+        """:meth:`send` for data sets in memory (``medblip pull``); outcomes name ``<SOPInstanceUID>.dcm``."""
+        items = [(Path(f"{ds.SOPInstanceUID}.dcm"), ds) for ds in datasets]
+        by_study: dict[str, list[tuple[Path, Any]]] = {}
+        for path, ds in items:
+            by_study.setdefault(str(ds.get("StudyInstanceUID", "") or ""), []).append((path, ds))
+        outcomes = {o.path: o for uid, group in by_study.items() for o in self._send_study(uid, group)}
+        return [outcomes[path] for path, _ in items]
+
     def _send_study(self, study_uid: str, items: list[tuple[Path, Any]]) -> list[StoreOutcome]:
         import requests
 
