@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole GPU check in ONE device call (prepare first, here: bash bench/gpu_prepare.sh):
+#   device run: command "bash bench/gpu_run.sh", carry [".gpu"], timeout_s 540
+# Installs the carried wheels into /tmp/site, runs bench/gpu_bench.py within a budget that leaves
+# time to copy the results, and leaves $OUT/gpu.json, $OUT/gpu.md and $OUT/log.txt.
+# On a CPU (to test it): OUT=/tmp/gpu-out bash bench/gpu_run.sh --smoke
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+if [ -d .gpu/whl ] && ! python3 -c "import medblip_dicom, highdicom" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+    || { echo "wheel install failed" | tee "$OUT/log.txt"; exit 3; }
+  export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || true
+DATA=()
+[ -d .gpu/data ] && DATA=(--data .gpu/data)
+python3 bench/gpu_bench.py --out "$OUT" --budget-s "${GPU_BUDGET_S:-420}" "${DATA[@]}" "$@" 2>&1 | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"
