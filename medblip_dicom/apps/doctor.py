@@ -2,8 +2,8 @@
 
 Each check returns :class:`Finding` rows (``ok``, ``warn`` or ``fail``) with a hint for anything
 that is not ok: which transfer syntaxes decode with the installed plug-ins, the compute device and
-its bf16 support, the Hugging Face model cache, dcmtk / dicom3tools / Orthanc, and whether the
-DICOM node's port is free.
+its bf16 support, the Hugging Face model cache, dcmtk / dicom3tools / Orthanc, whether the
+DICOM node's port is free, and (with ``--config``) whether a configured DICOMweb server answers.
 """
 
 from __future__ import annotations
@@ -134,6 +134,21 @@ def check_port(host: str, port: int) -> list[Finding]:
     return [Finding("network", "ok", f"{host}:{port} is free for `medblip node`")]
 
 
+def check_dicomweb(url: str, settings: object = None) -> list[Finding]:
+    """Whether the configured STOW-RS destination ([forward] dicomweb_url) answers a QIDO-RS query."""
+    from medblip_dicom.errors import MedblipError
+    from medblip_dicom.integrations.dicomweb.probe import probe
+
+    try:
+        answers, words = probe(url, settings)  # type: ignore[arg-type]
+    except MedblipError as exc:  # a token file that cannot be read, ...
+        return [Finding("dicomweb", "fail", f"{url}: {exc}", "fix [forward.dicomweb] in the config file")]
+    if answers:
+        return [Finding("dicomweb", "ok", f"{url} {words}")]
+    return [Finding("dicomweb", "fail", f"{url} {words}",
+                    "check the URL, that the archive runs, [forward.dicomweb] credentials and CA")]
+
+
 def run_checks(host: str = "127.0.0.1", port: int = 11112) -> list[Finding]:
     """All checks, in report order."""
     return [*check_decoders(), *check_device(), *check_model_cache(), *check_tools(), *check_port(host, port)]
@@ -172,15 +187,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from medblip_dicom.errors import MedblipError
 
     host, port = "127.0.0.1", 11112
+    forward = None
     if args.config is not None:
         try:
             from medblip_dicom.integrations.config import load_config
 
-            node = load_config(args.config).node
-            host, port = node.host, node.port
+            config = load_config(args.config)
+            host, port, forward = config.node.host, config.node.port, config.forward
         except MedblipError as exc:
             say_error("doctor", exc)
             return EXIT_USAGE
     findings = run_checks(args.host or host, args.port if args.port is not None else port)
+    if forward is not None and forward.dicomweb_url:
+        findings += check_dicomweb(forward.dicomweb_url, forward.dicomweb)
     print(format_findings(findings))
     return EXIT_FAILED if any(f.status == "fail" for f in findings) else EXIT_OK

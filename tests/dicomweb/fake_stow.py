@@ -76,8 +76,13 @@ def fake_stow(script: Callable[[int, list[str]], Answer]) -> Iterator[tuple[str,
                     self.rfile.readline()
             else:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            request = Request(time.monotonic(), self.path, dict(self.headers.items()),
-                              _parts(data, self.headers["Content-Type"]))
+            self._answer(_parts(data, self.headers["Content-Type"]))
+
+        def do_GET(self) -> None:  # noqa: N802 - a QIDO-RS probe: the script answers it too (no UIDs)
+            self._answer([])
+
+        def _answer(self, uids: list[str]) -> None:
+            request = Request(time.monotonic(), self.path, dict(self.headers.items()), uids)
             received.append(request)
             answer = script(len(received), request.uids)
             payload = json.dumps(answer.body).encode() if answer.body is not None else b""
