@@ -18,7 +18,7 @@ from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.report import build_report, write_report
 
 from tests.support.dicom import load_template, reissue
-from tests.support.fixtures import orthanc_factory  # noqa: F401 - fixture
+from tests.support.fixtures import no_leaked_threads, orthanc_factory, run_service  # noqa: F401 - fixtures
 
 IDENTITY = ModelIdentity("tiny-blip", "v1.0", "ab" * 32, "test")
 PASSWORD = "correct horse battery"
