@@ -54,8 +54,10 @@ class ReviewIntake:
             try:
                 kept = [self.store.add_item(job.id, self.spool.input_path(job), self.spool.root / rel)
                         for rel in job.reports if Path(rel).suffix == ".dcm"]
-            except OSError as exc:
-                defer(job, f"cannot keep the report for review: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a disk, a locked journal, an unreadable report: try later
+                logger.error("job %d: cannot keep its report for review (%s: %s); delivery waits",
+                             job.id, type(exc).__name__, exc)
+                defer(job, f"cannot keep the report for review: {type(exc).__name__}: {exc}")
                 continue
             if self.hold_until_signed and any(kept):
                 self.spool.finish(job.id, JobState.SKIPPED, HELD_REASON, error_class="HeldForReview")

@@ -98,3 +98,23 @@ def test_review_settings_are_checked_naming_the_key(tmp_path):
     path.write_text('[review.tls]\ncert = "c.pem"\nkey = "k.pem"\n')
     tls = load_config(path).review.tls
     assert tls.enabled and tls.cert == tmp_path / "c.pem"  # relative to the file
+
+
+def test_a_report_that_cannot_be_kept_for_review_waits_instead_of_escaping(review_spool, tmp_path):
+    from medblip_dicom.integrations.delivery import Delivery
+    from medblip_dicom.integrations.review.intake import ReviewIntake
+    from medblip_dicom.integrations.spool import JobState
+
+    from tests.review.conftest import report_into_spool
+    from tests.support.dicom import load_template, reissue
+
+    rs = review_spool(0)
+    source, _ = reissue(load_template("CT_small.dcm"), tmp_path / "more")
+    job_id, uid = report_into_spool(rs.spool, source, "a caption")
+    (rs.spool.root / rs.spool.job(job_id).reports[0]).write_bytes(b"not DICOM at all")  # a damaged report
+    out = tmp_path / "out-held"
+    Delivery(rs.spool, out_dir=out, review=ReviewIntake(rs.spool, hold_until_signed=False, store=rs.store)
+             ).deliver_all_once()
+    job = rs.spool.job(job_id)
+    assert job.state is JobState.REPORTED and "cannot keep the report for review" in job.reason
+    assert job.attempts == 1 and (not out.exists() or not list(out.iterdir()))
