@@ -36,7 +36,8 @@ rejection notes leave through their delivery (the output folder and/or the desti
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("review", help="the radiologist's review station: sign, edit or reject AI reports",
-                            description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                            description="The review station: a web app where a radiologist signs, edits or rejects each AI "
+                            "report, and its accounts, training export and statistics.", epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser, None)
     parser.add_argument("--host", default=None, help="address to listen on (default [review] host, 127.0.0.1)")
@@ -46,6 +47,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="review_command", metavar="ACTION")
     s = commands.add_parser("serve", help="serve the web app (the default)")
     _common(s, argparse.SUPPRESS)
+    add_verbosity(s)
     s.add_argument("--host", default=argparse.SUPPRESS)
     s.add_argument("--port", type=int, default=argparse.SUPPRESS)
     s.set_defaults(func=serve, service=True)
@@ -54,19 +56,23 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--name", required=True, help='the DICOM person name, "Last^First"')
     u.add_argument("--password-stdin", action="store_true", required=True, help="read the password from stdin")
     _common(u, argparse.SUPPRESS)
+    add_verbosity(u)
     u.set_defaults(func=add_user, quick_exit=True)
     t = commands.add_parser("add-token", help="print a new API token for a reviewer")
     t.add_argument("username")
     _common(t, argparse.SUPPRESS)
+    add_verbosity(t)
     t.set_defaults(func=add_token, quick_exit=True)
     e = commands.add_parser("export", help="signed reports as a JSONL manifest for medblip train")
     e.add_argument("--out", required=True, help="FILE.jsonl (rejected reports go to FILE.rejected.jsonl)")
     _common(e, argparse.SUPPRESS)
+    add_verbosity(e)
     e.set_defaults(func=export, quick_exit=True)
     st = commands.add_parser("stats", help="signed unchanged, edited, rejected; word edit distance and BLEU")
     st.add_argument("--plot", default=None, help="also draw the figures into FILE.png (needs the train extra)")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(st, argparse.SUPPRESS)
+    add_verbosity(st)
     st.set_defaults(func=stats, quick_exit=True)
 
 
