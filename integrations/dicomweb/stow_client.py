@@ -100,10 +100,9 @@ class StowClient:
         """The ``DICOMwebClient`` (built once: auth read from its file or variable, TLS, timeout)."""
         if self._client is None:
             from dicomweb_client.api import DICOMwebClient
-            from dicomweb_client.session_utils import create_session
 
             s = self.settings
-            session = create_session()
+            session = _session_class()()
             token, password = s.token(), s.password()
             if token is not None:
                 session.headers["Authorization"] = f"Bearer {token}"
@@ -189,6 +188,21 @@ class StowClient:
             words = f"HTTP {code} {response.reason or ''}".rstrip()
             out.append(StoreOutcome(path, reason, False, True, words + detail))
         return out
+
+
+def _session_class() -> type:
+    """A ``requests.Session`` whose own ``verify`` (our CA bundle, or False) wins over
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, which plain requests lets override a session's setting."""
+    import requests
+
+    class Session(requests.Session):
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001, ANN202
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None:
+                settings["verify"] = self.verify
+            return settings
+
+    return Session
 
 
 def _short(exc: BaseException) -> str:

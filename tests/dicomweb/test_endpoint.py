@@ -187,6 +187,23 @@ def test_with_tls_plain_http_is_not_answered_and_https_is(tmp_path, td, node, to
     assert r.status_code == 200 and len(service.spool.jobs()) == 1
 
 
+def test_the_stow_sink_verifies_tls_with_its_ca_and_sends_its_token(tmp_path, td, node, tool):
+    from medblip_dicom.integrations.config_dicomweb import ForwardDicomwebConfig
+    from medblip_dicom.integrations.dicomweb.stow_client import StowClient, StowUnavailable
+
+    certs = make_certificates(tmp_path / "certs", tool("openssl"))
+    (tmp_path / "token").write_text("the-token\n")
+    (tmp_path / "wrong").write_text("not-the-token\n")
+    service, url = node(cert=str(certs["server.pem"]), key=str(certs["server.key"]), token_file=str(tmp_path / "token"))
+    path = _files(td, tmp_path / "in", 1)[0]
+    ok = StowClient(url, ForwardDicomwebConfig(token_file=tmp_path / "token", ca=certs["ca.pem"])).send([path])
+    assert [o.delivered for o in ok] == [True] and len(service.spool.jobs()) == 1
+    refused = StowClient(url, ForwardDicomwebConfig(token_file=tmp_path / "wrong", ca=certs["ca.pem"])).send([path])
+    assert not refused[0].delivered and refused[0].permanent and "HTTP 401" in refused[0].message
+    with pytest.raises(StowUnavailable, match="TLS failed"):  # the system CAs do not know the test CA
+        StowClient(url, ForwardDicomwebConfig(token_file=tmp_path / "token")).send([path])
+
+
 def test_an_open_endpoint_must_stay_on_loopback():
     with pytest.raises(ConfigError, match=r"\[dicomweb\] token_file: .*0.0.0.0"):
         load_config(None, {"dicomweb": {"port": 8042, "host": "0.0.0.0"}})

@@ -47,8 +47,8 @@ class StowSender:
         boundary = "crash-test-boundary"
         head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
         body = b"".join(head + p.read_bytes() + b"\r\n" for _, p in batch) + f"--{boundary}--\r\n".encode()
-        return requests.post(self.url, data=body, timeout=30,
-                             headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        kind = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        return requests.post(self.url, data=body, timeout=30, headers={"Content-Type": kind})
 
     def _run(self) -> None:
         try:
@@ -88,9 +88,8 @@ def test_sigkill_during_stow_requests_loses_nothing_acknowledged(tmp_path, tiny_
     items = list(files.items())
     batches = [items[i:i + PER_REQUEST] for i in range(0, len(items), PER_REQUEST)]
     out, spool, port = tmp_path / "out", tmp_path / "spool", free_port()
-    config = service_config(tmp_path, tiny_model_dir, output={"dir": out}, node={"port": free_port()},
-                            dicomweb={"port": port})
-    service = services("node", config)
+    config = service_config(tmp_path, tiny_model_dir, output={"dir": out}, node={"port": free_port()})
+    service = services("node", config, "--dicomweb-port", str(port))  # the flag, not the file
     sender = StowSender(f"http://127.0.0.1:{port}/dicom-web/studies", batches)
     sender.start()
     killed_in_flight = 0
