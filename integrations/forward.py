@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
+#: The review station's IOCM rejection notes (:mod:`.review.signing`).
+KEY_OBJECT_SELECTION = UID("1.2.840.10008.5.1.4.1.1.88.59")
 
 #: Status codes meaning "not now, maybe later" (PS3.4 Annex B and GG): out of resources, processing failure.
 _TRANSIENT = {0x0110, 0x0213}
@@ -85,7 +87,7 @@ class ForwardClient:
     """Sends files to one destination over one association per call of :meth:`send`."""
 
     #: What the service sends: its SRs and, optionally, the Secondary Capture pictures.
-    DEFAULT_SOP_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE)
+    DEFAULT_SOP_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE, KEY_OBJECT_SELECTION)
 
     def __init__(self, destination: Destination, *, calling_ae_title: str = "MEDBLIP", timeout_s: float = 30.0,
                  tls: ForwardTLSConfig | None = None, nodelay: bool = True,

@@ -118,3 +118,20 @@ def test_a_report_that_cannot_be_kept_for_review_waits_instead_of_escaping(revie
     job = rs.spool.job(job_id)
     assert job.state is JobState.REPORTED and "cannot keep the report for review" in job.reason
     assert job.attempts == 1 and (not out.exists() or not list(out.iterdir()))
+
+
+def test_the_rejection_note_reaches_the_pacs_by_c_store(review_spool, orthanc_factory):
+    from medblip_dicom.integrations.config import Destination
+    from medblip_dicom.integrations.delivery import Delivery
+    from medblip_dicom.integrations.forward import ForwardClient
+
+    pacs = orthanc_factory()
+    pacs.start()
+    forward = ForwardClient(Destination(pacs.aet, "127.0.0.1", pacs.dicom_port), timeout_s=10)
+    rs = review_spool(1, rejection_note=True, forward=forward)
+    study = str(pydicom.dcmread(rs.out / f"{rs.ai_uids[0]}.dcm").StudyInstanceUID)
+    note_uid = rs.store.reject(rs.ai_uids[0], ALICE, "wrong side")
+    Delivery(rs.spool, out_dir=rs.out, forward=forward).deliver_all_once()
+    (ko,) = pacs.instances(study, "KO")
+    assert str(ko.SOPInstanceUID) == note_uid
+    assert [j.state.value for j in rs.spool.jobs() if j.origin == "review"] == ["delivered"]
