@@ -38,12 +38,15 @@ examples:
   medblip node --ae-title MEDBLIP --port 11112 --model ./my-blip-model --out /data/sr-out
   medblip node --ae-title MEDBLIP --port 11112 --model ./my-blip-model --forward PACS@10.0.0.5:104
   medblip node --config /etc/medblip/medblip.toml --host 0.0.0.0 --allow CT01 --allow PACS
+  medblip node --model ./my-blip-model --out /data/sr-out --dicomweb-port 8042 --forward-dicomweb https://pacs/dicom-web
 
 A Storage SCP (and C-ECHO): send studies to it with C-STORE, e.g.
   dcmsend 127.0.0.1 11112 -aec MEDBLIP study/*.dcm
 Each instance is written to the spool before the node answers success; it is captioned in the
 background and the SR goes to --out and/or --forward (AET@HOST:PORT). It listens on 127.0.0.1
-unless --host or [node] host says otherwise. Stop with Ctrl-C or SIGTERM.
+unless --host or [node] host says otherwise. With --dicomweb-port it also takes STOW-RS
+(POST http://127.0.0.1:P/dicom-web/studies; tokens, TLS and the body limit in [dicomweb]).
+Stop with Ctrl-C or SIGTERM.
 """
 
 STATUS_EXAMPLE = """\

@@ -123,3 +123,23 @@ def test_dicomweb_forward_keys_are_checked(tmp_path):
                                        "dicomweb": {"username": "medblip", "password": "x"}}})
     config = load_config(None, {"forward": {"dicomweb_url": "https://pacs.example/dicom-web/"}})
     assert config.forward.dicomweb_url == "https://pacs.example/dicom-web" and config.has_sink
+
+
+def test_both_destinations_each_get_the_sr_and_a_refusal_by_either_fails_it(tmp_path, td, orthanc_factory,
+                                                                            run_service):
+    pacs = orthanc_factory(dicomweb=True)
+    pacs.start()
+    with fake_stow(lambda n, uids: Answer(200, stow_body(uids, {})) if n == 1 else Answer(403)) as (url, requests):
+        config = make_config(tmp_path, forward={"destination": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}",
+                                                "dicomweb_url": url})
+        service = run_service(config)
+        first = reissued(td, "CT_small.dcm", tmp_path / "in")
+        job1 = service.spool.add_file(first, origin="test", name=first.name).job_id
+        wait_for(lambda: _state(service, job1) is JobState.DELIVERED, 60, "delivered to both")
+        study_uid = str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+        assert [s.SOPInstanceUID for s in pacs.instances(study_uid, "SR")] == requests[0].uids
+
+        second = reissued(td, "MR_small.dcm", tmp_path / "in")
+        job2 = service.spool.add_file(second, origin="test", name=second.name).job_id
+        wait_for(lambda: _state(service, job2) is JobState.FAILED, 60, "refused by the STOW-RS side")
+        assert f"HTTP 403 Forbidden (from {url})" in service.spool.job(job2).reason
