@@ -136,7 +136,8 @@ def run_bare_listener(inputs: Path, work: Path, *, spool_only: bool, streams: in
     return len([p for p in inputs.iterdir() if p.is_file()]) / elapsed, items / max(commits, 1)
 
 
-def run_node(inputs: Path, work: Path, n: int, streams: int, *, model: Path) -> tuple[float, list[float]]:
+def run_node(inputs: Path, work: Path, n: int, streams: int, *, model: Path,
+             listeners: int = 1) -> tuple[float, list[float]]:
     from medblip_dicom.training.demo_model import build_blip_model
     from medblip_dicom.integrations.config import config_from_dict
     from medblip_dicom.integrations.service import Service
@@ -146,7 +147,8 @@ def run_node(inputs: Path, work: Path, n: int, streams: int, *, model: Path) -> 
         build_blip_model(model, size="tiny")
     config = config_from_dict({"model": {"path": str(model), "device": "cpu", "num_beams": 1},
                                "spool": {"dir": str(work / "spool"), "min_free_bytes": 0},
-                               "output": {"dir": str(work / "srs")}, "node": {"port": free_port()},
+                               "output": {"dir": str(work / "srs")},
+                               "node": {"port": free_port(), "listeners": listeners},
                                "select": {"per_series": "each"}})  # the copies share one series: caption each
     service = Service(config, node=True)
     service.start()

@@ -181,6 +181,7 @@ class NodeConfig:
     network_timeout_s: float = 60.0
     max_pdu: int = 16382
     keep_inputs: bool = False
+    listeners: int = 1
     tls: NodeTLSConfig = field(default_factory=NodeTLSConfig)
 
     def __post_init__(self) -> None:
@@ -196,6 +197,9 @@ class NodeConfig:
         if self.port > 65535:
             fail("node", "port", f"must be 0..65535, got {self.port}")
         check_int("node", "max_associations", self.max_associations, 1)
+        check_int("node", "listeners", self.listeners, 1)
+        if self.listeners > 64:
+            fail("node", "listeners", f"must be 1..64 listener processes, got {self.listeners}")
         for key in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
             check_positive("node", key, getattr(self, key))
         check_int("node", "max_pdu", self.max_pdu, 0)

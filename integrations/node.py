@@ -95,8 +95,10 @@ def _status(code: int, comment: str) -> Dataset:
 class StorageNode:
     """The Storage SCP. :meth:`start` listens (non-blocking), :meth:`stop` shuts it down."""
 
-    def __init__(self, spool: Spool, config: NodeConfig, telemetry: Telemetry | None = None) -> None:
+    def __init__(self, spool: Spool, config: NodeConfig, telemetry: Telemetry | None = None, *,
+                 reuse_port: bool = False) -> None:
         self.spool = spool
+        self.reuse_port = reuse_port  # listener processes share the port (``[node] listeners``)
         self.config = config
         self.telemetry = telemetry or Telemetry(ae_title=config.ae_title)
         self.done_dir = spool.root / "done" if config.keep_inputs else None
@@ -146,7 +148,8 @@ class StorageNode:
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
-        listener = pynetdicom_compat.listener_class(cfg.acse_timeout_s, self._on_handshake_failed)
+        listener = pynetdicom_compat.listener_class(cfg.acse_timeout_s, self._on_handshake_failed,
+                                                    reuse_port=self.reuse_port)
         self._server = ae.make_server((cfg.host, cfg.port), ssl_context=ssl_context, evt_handlers=handlers,
                                       server_class=listener)
         pynetdicom_compat.register_server(ae, self._server)

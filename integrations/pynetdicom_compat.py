@@ -58,15 +58,23 @@ def check() -> None:
         )
 
 
-def listener_class(handshake_timeout_s: float, on_refused: Callable[[Any, BaseException], None]) -> type:
+def listener_class(handshake_timeout_s: float, on_refused: Callable[[Any, BaseException], None], *,
+                   reuse_port: bool = False) -> type:
     """A ThreadedAssociationServer that sets TCP_NODELAY and does the TLS handshake per thread.
 
-    `on_refused(client_address, error)` is told of each connection whose handshake failed.
+    `on_refused(client_address, error)` is told of each connection whose handshake failed. With
+    `reuse_port`, the socket is bound with SO_REUSEPORT: several listener processes of one user
+    share the port and the kernel spreads new connections across them.
     """
     from pynetdicom.transport import ThreadedAssociationServer
 
     class Listener(ThreadedAssociationServer):
         daemon_threads = True
+
+        def server_bind(self) -> None:
+            if reuse_port:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+            super().server_bind()
 
         def get_request(self) -> tuple[socket.socket, Any]:
             client, address = self.socket.accept()  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ from medblip_dicom.integrations.components import (
 from medblip_dicom.integrations.config import ConfigError, ServiceConfig
 from medblip_dicom.integrations.delivery import Delivery
 from medblip_dicom.integrations.doorbell import Doorbell
+from medblip_dicom.integrations.listeners import ListenerProcesses
 from medblip_dicom.integrations.node import StorageNode
 from medblip_dicom.integrations.ops import OpsServer
 from medblip_dicom.integrations.spool import FINAL_STATES, PENDING_STATES, JobState, Spool
@@ -65,12 +66,16 @@ class Service:
         self.want_watch = watch
         self.want_node = node
         self._captioner = captioner
+        if node and config.node.listeners > 1 and not self.separate_worker:
+            raise ConfigError("[node] listeners > 1 needs the worker in its own process "
+                              "([worker] separate_process = true): the listeners wake it through the spool's doorbell")
         self.spool: Spool | None = None
         self.worker: Worker | None = None
         self.worker_process: WorkerProcess | None = None
         self.delivery: Delivery | None = None
         self.watcher: InboxWatcher | None = None
         self.node: StorageNode | None = None
+        self.listeners: ListenerProcesses | None = None  # [node] listeners > 1: more node processes
         self.stow: StowEndpoint | None = None
         self.telemetry: Telemetry | None = None
         self.ops: OpsServer | None = None
@@ -89,6 +94,7 @@ class Service:
         # In-process: thread events. Worker process: process-shared doorbells, so each side wakes
         # the other without polling.
         bells = {} if in_process else {"received": Doorbell(), "reported": Doorbell()}
+        self._bells = bells
         self.spool = open_spool(cfg, **bells)
         recovered = self.spool.recover()
         summary = self.spool.summary()
@@ -105,7 +111,7 @@ class Service:
         if self.want_watch:
             self.watcher = InboxWatcher(self.spool, cfg.watch, self.telemetry)
         if self.want_node:
-            self.node = StorageNode(self.spool, cfg.node, self.telemetry)
+            self.node = StorageNode(self.spool, cfg.node, self.telemetry, reuse_port=cfg.node.listeners > 1)
         if self.want_node and cfg.dicomweb.enabled:
             self.stow = build_stow_endpoint(self.spool, cfg, self.telemetry)
 
@@ -158,6 +164,11 @@ class Service:
             self._thread("watch", self.watcher.run, self._producer_stop)
         if self.node is not None:
             self.node.start()
+            if self.config.node.listeners > 1:
+                self.listeners = ListenerProcesses(self.config, self.node.port, self.config.node.listeners - 1,
+                                                   **self._bells)
+                self.listeners.start()
+                self._thread("listeners", self.listeners.watch, self._stop)
         if self.stow is not None:
             self.stow.start()
         assert self.telemetry is not None
@@ -221,6 +232,8 @@ class Service:
         try:
             if self.stow is not None:
                 self.stow.stop()
+            if self.listeners is not None:
+                self.listeners.stop()
             if self.node is not None:
                 self.node.stop()
         finally:

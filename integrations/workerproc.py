@@ -73,10 +73,7 @@ class WorkerProcess:
         asked for during a slow start is honoured at once.
         """
         parent_end, child_end = self._ctx.Pipe(duplex=False)
-        root = logging.getLogger()
-        formatter = root.handlers[0].formatter if root.handlers else None
-        fmt = "json" if type(formatter).__name__ == "JsonFormatter" else getattr(formatter, "_fmt", None)
-        levels = {name: logging.getLogger(name).level for name in ("medblip_dicom", "pynetdicom")}
+        fmt, levels = logging_for_child()
         self._process = self._ctx.Process(
             target=_child_main, name="medblip-worker", daemon=False,
             args=(self.config, self._stop, self._received, self._reported, child_end, os.getpid(), fmt, levels),
@@ -130,20 +127,34 @@ class WorkerProcess:
             self._process.join(10)
 
 
+def logging_for_child() -> tuple[str | None, dict[str, int]]:
+    """The service's log format and levels, for a spawned child to log the same way."""
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else None
+    fmt = "json" if type(formatter).__name__ == "JsonFormatter" else getattr(formatter, "_fmt", None)
+    return fmt, {name: logging.getLogger(name).level for name in ("medblip_dicom", "pynetdicom")}
+
+
 # -- the child ---------------------------------------------------------------------------------
 
 
-def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, conn: Any, parent_pid: int,
-                log_format: str | None, levels: dict[str, int]) -> None:
-    """Entry point of the child: load the model, then run the worker until told to stop."""
+def configure_child_logging(log_format: str | None, levels: dict[str, int]) -> None:
+    """In a spawned child: log to stderr in the service's format (JSON lines too) at its levels."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s" if log_format in (None, "json") else log_format,
                         stream=sys.stderr)
-    if log_format == "json":  # the service logs JSON lines: so does its worker process
+    if log_format == "json":  # the service logs JSON lines: so does its child
         from medblip_dicom.logjson import JsonFormatter
 
         logging.getLogger().handlers[0].setFormatter(JsonFormatter())
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+
+
+
+def _child_main(config: ServiceConfig, stop: Any, received: Any, reported: Any, conn: Any, parent_pid: int,
+                log_format: str | None, levels: dict[str, int]) -> None:
+    """Entry point of the child: load the model, then run the worker until told to stop."""
+    configure_child_logging(log_format, levels)
     # SIGTERM / SIGINT reach the child too when a whole control group (systemd) or process group
     # (Ctrl-C) is signalled. The service stops the child itself (doorbell, after the batch in
     # progress), and a child that stopped on its own first would look like a crash to it.
