@@ -35,6 +35,9 @@ from medblip_dicom.integrations.dicomweb.receiver import StowReceiver
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Connections served at once; beyond, uvicorn answers 503 (a sender retries), so that a flood of
+#: slow clients cannot hold every file descriptor.
+MAX_CONNECTIONS = 64
 
 
 def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes: int,
@@ -143,7 +146,7 @@ class StowEndpoint:
         tls = {"ssl_certfile": str(cfg.cert), "ssl_keyfile": str(cfg.key)} if cfg.tls else {}
         self._server = uvicorn.Server(uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=5, limit_concurrency=MAX_CONNECTIONS,
             server_header=False, **tls))
         started = threading.Event()
         server = self._server

@@ -143,3 +143,13 @@ def test_both_destinations_each_get_the_sr_and_a_refusal_by_either_fails_it(tmp_
         job2 = service.spool.add_file(second, origin="test", name=second.name).job_id
         wait_for(lambda: _state(service, job2) is JobState.FAILED, 60, "refused by the STOW-RS side")
         assert f"HTTP 403 Forbidden (from {url})" in service.spool.job(job2).reason
+
+
+def test_the_forward_dicomweb_flag_sets_the_stow_destination():
+    from medblip_dicom.apps.main import build_parser
+    from medblip_dicom.apps.services import _overrides
+
+    for command in ("watch", "node"):
+        args = build_parser().parse_args([command, "--forward-dicomweb", "https://pacs.example/dicom-web/"])
+        config = load_config(None, _overrides(args))
+        assert config.forward.dicomweb_url == "https://pacs.example/dicom-web" and config.forward.destination is None
