@@ -106,4 +106,5 @@ def build_stow_endpoint(spool: Spool, config: ServiceConfig, telemetry: Telemetr
     if telemetry is not None:
         def alert(peer: str, detail: str) -> None:
             telemetry.security_alert(peer=peer, detail=detail)
-    return StowEndpoint(StowReceiver(spool, done_dir=done_dir), config.dicomweb, on_security_alert=alert)
+    return StowEndpoint(StowReceiver(spool, done_dir=done_dir, telemetry=telemetry), config.dicomweb,
+                        on_security_alert=alert)

@@ -131,7 +131,8 @@ class Delivery:
             return False
         self.destination_reached, self.destination_error = True, ""
         destination = str(self.forward.destination)
-        self.telemetry.reports_sent([o.path for o in outcomes if o.delivered], destination=destination, ok=True)
+        self.telemetry.reports_sent([o.path for o in outcomes if o.delivered], destination=destination, ok=True,
+                                    detail=f"sent by {getattr(self.forward, 'protocol', 'C-STORE')}")
         self.telemetry.reports_sent([o.path for o in outcomes if o.permanent], destination=destination, ok=False,
                                     detail="refused by the destination")
         by_job: dict[int, list] = {}

@@ -30,6 +30,7 @@ from medblip_dicom.reading import check_parsable
 from medblip_dicom.integrations.dicomweb.multipart import Part
 from medblip_dicom.integrations.spool import Spool, SpoolFullError
 from medblip_dicom.integrations.spool.files import instance_info
+from medblip_dicom.integrations.telemetry import Telemetry, Transfer
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +94,18 @@ def _truncated(ds: Any) -> str | None:
 class StowReceiver:
     """Stores the parts of STOW-RS requests into one spool."""
 
-    def __init__(self, spool: Spool, *, done_dir: Path | None = None) -> None:
+    def __init__(self, spool: Spool, *, done_dir: Path | None = None, telemetry: Telemetry | None = None) -> None:
         self.spool = spool
         self.done_dir = done_dir
+        self.telemetry = telemetry
         self.stored = 0
         self.refused = 0
 
     def store(self, parts: list[Part], study_uid: str | None, *, peer: str = "?") -> StowResult:
         """Check and store each part in order (each durable before the next); the result for the response."""
         result = StowResult()
+        audit = self.telemetry is not None and self.telemetry.audit is not None
+        transfer = Transfer("", peer)
         for index, part in enumerate(parts, start=1):
             sop_class = sop_uid = ""
             try:
@@ -120,6 +124,12 @@ class StowReceiver:
                 part.close()
             self.stored += 1
             result.stored.append((sop_class, sop_uid))
+            if audit:
+                transfer.add(str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", "")), sop_class)
+        if audit and transfer.studies:
+            assert self.telemetry is not None and self.telemetry.audit is not None
+            self.telemetry.audit.received(transfer.studies.values(), via="DICOMweb STOW-RS", peer_ae="",
+                                          peer_host=peer, our_ae=self.telemetry.ae_title)
         return result
 
     def _read(self, part: Part) -> tuple[bytes, Any]:

@@ -23,6 +23,7 @@ class BothSinks:
     def __init__(self, *sinks: Any) -> None:
         self.sinks = sinks
         self.destination = " + ".join(str(s.destination) for s in sinks)
+        self.protocol = " and ".join(getattr(s, "protocol", "C-STORE") for s in sinks)
 
     def send(self, paths: Sequence[Path]) -> list[StoreOutcome]:
         merged: list[StoreOutcome] | None = None

@@ -94,6 +94,7 @@ class StowClient:
         self.url = url.rstrip("/")
         self.settings = settings or ForwardDicomwebConfig()
         self.destination = self.url  # what delivery's logs and metrics name
+        self.protocol = "STOW-RS"  # for the audit trail ("sent by STOW-RS")
         self._client: Any = None
 
     def client(self) -> Any:

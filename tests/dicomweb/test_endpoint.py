@@ -77,6 +77,8 @@ def test_dicomweb_client_stores_a_study_and_each_instance_is_captioned(tmp_path,
     wait_for(lambda: all(service.spool.job(j.id).state is JobState.DELIVERED for j in jobs.values()), 60,
              "the SRs of the STOW-RS instances")
     assert len(list((tmp_path / "out").glob("*.dcm"))) == 3
+    audit = (tmp_path / "spool" / "audit.xml").read_text()
+    assert "received by DICOMweb STOW-RS" in audit and study in audit
     # A second time: duplicates are acknowledged as stored, and nothing new is captioned.
     client.store_instances(datasets)
     assert len(list((tmp_path / "out").glob("*.dcm"))) == 3
