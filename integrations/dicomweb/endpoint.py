@@ -22,10 +22,12 @@ import hmac
 import logging
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from medblip_dicom.integrations.config_checks import ConfigError
 from medblip_dicom.integrations.config_dicomweb import DicomwebConfig
 from medblip_dicom.integrations.dicomweb.multipart import (
     BodyTooLarge, MultipartError, MultipartParser, UnsupportedMediaType, stow_boundary,
@@ -132,6 +134,11 @@ class StowEndpoint:
         import uvicorn
 
         cfg = self.config
+        if cfg.tls:  # a certificate that does not load is named here, not in uvicorn's thread
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cfg.cert), str(cfg.key))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"[dicomweb] cert/key: cannot load {cfg.cert} with {cfg.key} ({exc})") from None
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

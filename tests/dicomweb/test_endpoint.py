@@ -210,3 +210,21 @@ def test_an_open_endpoint_must_stay_on_loopback():
     with pytest.raises(ConfigError, match=r"\[dicomweb\] token_file: .*0.0.0.0"):
         load_config(None, {"dicomweb": {"port": 8042, "host": "0.0.0.0"}})
     assert load_config(None, {"dicomweb": {"port": 8042, "host": "0.0.0.0", "token_env": "T"}}).dicomweb.enabled
+
+
+def test_a_certificate_that_does_not_load_is_named_at_start(tmp_path):
+    from medblip_dicom.integrations.config_dicomweb import DicomwebConfig
+    from medblip_dicom.integrations.dicomweb.endpoint import StowEndpoint
+    from medblip_dicom.integrations.dicomweb.receiver import StowReceiver
+    from medblip_dicom.integrations.spool import Spool
+
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    try:
+        endpoint = StowEndpoint(StowReceiver(spool), DicomwebConfig(port=free_port(), cert=tmp_path / "cert.pem",
+                                                                    key=tmp_path / "cert.pem"))
+        with pytest.raises(ConfigError, match=r"\[dicomweb\] cert/key: cannot load .*cert.pem"):
+            endpoint.start()
+    finally:
+        spool.close()
+
