@@ -166,7 +166,7 @@ class MultipartParser:
         if len(self.parts) >= MAX_PARTS:
             raise MultipartError(f"more than {MAX_PARTS} parts")
         headers: dict[str, str] = {}
-        for line in raw.split(b"\r\n"):
+        for line in raw.split(b"\r\n") if raw else ():
             name, sep, value = line.partition(b":")
             if not sep or not name.strip():
                 raise MultipartError("a part header line is not NAME: VALUE")
