@@ -110,3 +110,11 @@ def test_an_unreachable_server_or_bad_arguments_are_one_line(tmp_path, tiny_mode
     assert _pull(tiny_model_dir, "--from", "ftp://x/y", "--study", "1.2.3") == 2
     assert _pull(tiny_model_dir, "--from", url, "--study", "1.2", "--token-file", str(tmp_path / "nope")) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_selection_rules_apply_one_caption_per_series_by_default(tmp_path, td, pacs, tiny_model_dir, capsys):
+    study, _ = _study(pacs, td, tmp_path / "in", ["CT_small.dcm"] * 3)  # one series of three
+    assert main(["pull", "--from", pacs.dicomweb_url, "--study", study, "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--dtype", "float32", "-q"]) == 0
+    assert pacs.count(study, "SR") == 1
+    assert "1 captioned, 2 skipped" in capsys.readouterr().err
