@@ -103,7 +103,7 @@ def test_destination_that_refuses_connections_raises_unavailable():
 
 
 def test_study_quiet_time_holds_reports_then_sends_them_together(tmp_path, td, run_service):
-    quiet = 1.5
+    quiet = 5.0  # longer than captioning one image takes on a loaded 2-core machine: the report is seen held
     out = tmp_path / "out"
     config = make_config(tmp_path, output={"dir": str(out), "study_quiet_s": quiet},
                          worker={"batch_size": 1, "max_wait_s": 0.0})
