@@ -81,10 +81,23 @@ def object_store_bytes() -> int:
     return int(min(max(total // 5, 256 << 20), 16 << 30))
 
 
+def token_auth_env(address: str | None) -> None:
+    """Before Ray is imported: a driver joining `address` sends the token it holds.
+
+    Ray 2.60 clusters require a token by default, but a driver sends the one it holds
+    (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``) only when ``RAY_AUTH_MODE=token`` is set when Ray
+    loads its configuration; an explicit ``RAY_AUTH_MODE`` is left as it is.
+    """
+    token = Path.home() / ".ray" / "auth_token"
+    if address and "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def connect(address: str | None) -> float:
     """Join Ray at `address` (``auto`` or ``host:port``), or start a local one; returns the seconds it took.
 
-    An already initialised Ray (a test session, a notebook) is used as it is.
+    An already initialised Ray (a test session, a notebook) is used as it is. Call
+    :func:`token_auth_env` before the first ``import ray`` of the process.
     """
     import ray
 
@@ -95,7 +108,10 @@ def connect(address: str | None) -> float:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, object_store_memory=object_store_bytes(), log_to_driver=True)
+        # "local": a new Ray of our own, even where RAY_ADDRESS or a cluster started earlier on this
+        # machine would make a bare ray.init() join that one
+        ray.init(address="local", include_dashboard=False, object_store_memory=object_store_bytes(),
+                 log_to_driver=True)
     return time.perf_counter() - started
 
 
@@ -171,9 +187,10 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
         stages.read_facts, batch_format="pandas", batch_size=max(config.batch_size, 32),
         num_cpus=plan_cfg["prepare_cpus"])
     facts: list[InstanceFacts | None] = [None] * len(frame)
-    for _, item in facts_ds.to_pandas().iterrows():
-        if item["facts"]:
-            facts[int(item["index"])] = InstanceFacts.from_dict(json.loads(item["facts"]))
+    found = facts_ds.to_pandas()
+    for index, text in zip(found["index"].tolist(), found["facts"].tolist()):
+        if text:
+            facts[int(index)] = InstanceFacts.from_dict(json.loads(text))
     known = [i for i, f in enumerate(facts) if f is not None and f.sop_instance_uid]
     choices = dict(zip(known, plan([facts[i] for i in known], config.select)))  # type: ignore[misc]
 

@@ -165,7 +165,8 @@ class CaptionActor:
             per_image = (time.perf_counter() - started) / len(ready)
         identity = self.captioner.identity
         batch["caption"] = captions
-        batch["caption_s"] = [per_image if i in set(ready) else 0.0 for i in range(len(batch))]
+        chosen = set(ready)
+        batch["caption_s"] = [per_image if i in chosen else 0.0 for i in range(len(batch))]
         batch["identity"] = json.dumps([identity.name, identity.version, identity.weights_sha256, identity.source])
         return batch.drop(columns=["pixels", "shape"])
 

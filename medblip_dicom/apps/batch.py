@@ -89,6 +89,12 @@ def _inputs(raw: list[str]) -> list[tuple[str, bool]]:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run ``medblip batch``."""
+    try:
+        from medblip_dicom.integrations.batch.job import token_auth_env
+    except ImportError:  # pandas missing: said below
+        pass
+    else:
+        token_auth_env(args.ray_address)
     for module in ("ray", "pandas", "pyarrow"):
         try:
             importlib.import_module(module)
