@@ -121,7 +121,7 @@ class BatchRun:
 
     table: pd.DataFrame
     elapsed_s: float
-    #: images/s after the first captioned batch came back (actor start and model load excluded)
+    #: images/s written after the first batch was (actor start and model load excluded)
     steady_images_s: float = 0.0
 
 
@@ -209,18 +209,16 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
     if on_rows is not None and rows:
         on_rows(res.table(rows.values()))  # carried over and skipped by selection: known before captioning
 
-    first_at, last_at, after_first = 0.0, 0.0, 0
+    model_batches: dict[float, int] = {}  # when a write task finished a batch -> its captioned images
     if todo:
         for batch in _caption_pipeline(pd.DataFrame(todo), config, plan_cfg).iter_batches(
                 batch_format="pandas", batch_size=None):
-            captioned = int((batch["status"] == "captioned").sum())
-            if captioned and not first_at:
-                first_at = time.perf_counter()
-            elif captioned:
-                last_at, after_first = time.perf_counter(), after_first + captioned
             chunk = []
             for rec in batch.to_dict("records"):
                 i = int(rec.pop("index"))
+                at = rec.pop("done_at")
+                if rec["status"] == "captioned":
+                    model_batches[at] = model_batches.get(at, 0) + 1
                 if rec["status"] == "failed" and rec["kind"] == "NotAnImageError" and not named[i]:
                     rec.update(status="skipped", kind="not_an_image")  # found in a folder: not ours to caption
                 rows[i] = rec
@@ -228,7 +226,10 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
             if on_rows is not None:
                 on_rows(res.table(chunk))
     table = res.table(rows[i] for i in range(len(frame)))
-    steady = after_first / (last_at - first_at) if last_at > first_at else 0.0
+    # steady state: the images of every written batch after the first, over the time from the first to the last
+    stamps = sorted(model_batches)
+    steady = (sum(model_batches.values()) - model_batches[stamps[0]]) / (stamps[-1] - stamps[0]) \
+        if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
     return BatchRun(table, time.perf_counter() - started, steady)
 
 

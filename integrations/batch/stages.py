@@ -210,4 +210,6 @@ def write_batch(batch: pd.DataFrame, *, output_dir: str) -> pd.DataFrame:
                 error = ReportError(rec["path"], f"cannot build its SR ({type(exc).__name__}: {str(exc)[:300]})")
                 out.update(kind="ReportError", reason=error.reason)
         rows.append(out)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame["done_at"] = time.time()  # wall clock, for the job's steady-state rate (the end of the pipeline)
+    return frame
