@@ -66,6 +66,13 @@ with torch.inference_mode():
 '''
 
 
+def _has_per_series(env: dict[str, str], cwd: Path) -> bool:
+    """Whether the (cold)/(warm) code's ``medblip caption`` has ``--per-series``."""
+    proc = subprocess.run([sys.executable, "-m", "medblip_dicom", "caption", "--help"], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+    return "--per-series" in proc.stdout
+
+
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
@@ -123,15 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         new_env = dict(env, PYTHONPATH=str(new)) if new is not None else env
         flags = ["--model", str(model), "--num-beams", "3", "--max-new-tokens", "20", "--min-new-tokens", "20",
                  "--no-repeat-ngram-size", "0", "-q"]
+        # The re-issued copies share their template's series: caption every one, as the bare script
+        # does (selection, issue 12, would caption one per series), where the code has the flag.
+        each = ["--per-series", "each"] if _has_per_series(new_env, work) else []
         try:
             rows, times = [], {}
             for n in args.files:
                 some = files[:n]
                 contenders = {
                     "bare": ([sys.executable, "-c", BARE, str(model), *some], env),
-                    "cold": ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, "--out", str(tmp / "o")],
-                             None),
-                    "warm": ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, "--out", str(tmp / "o")],
+                    "cold": ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, *each, "--out",
+                              str(tmp / "o")], None),
+                    "warm": ([sys.executable, "-m", "medblip_dicom", "caption", *some, *flags, *each, "--out",
+                              str(tmp / "o")],
                              dict(new_env, MEDBLIP_CACHE_DIR=str(warm_cache))),
                 }
                 if old is not None:
