@@ -9,7 +9,9 @@ rm -rf .gpu && mkdir -p .gpu/whl .gpu/data
 PY=${PYTHON:-python3}
 # Our own package (pure Python) without its dependencies: the GPU image has torch, transformers,
 # tokenizers, safetensors, numpy, pillow, tqdm, packaging, typing-extensions and prometheus-client.
+had_build=$([ -d build ] && echo yes || true)
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . 2>/dev/null || "$PY" -m pip wheel -q --no-deps -w .gpu/whl .
+[ -n "$had_build" ] || rm -rf build  # setuptools' scratch folder, made by the line above
 # What it lacks: pydicom, highdicom and the decoder plug-ins, pinned to the versions tested here.
 ver() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 for pkg in pydicom highdicom pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle pyjpegls; do

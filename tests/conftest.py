@@ -12,7 +12,23 @@ import tempfile
 
 from tests.support.fixtures import captioner, td, tiny_model_dir, tool, validate_sr  # noqa: F401 - fixtures
 
+import pytest
 import tqdm
 
 os.environ.setdefault("MEDBLIP_CACHE_DIR", tempfile.mkdtemp(prefix="medblip-test-cache-"))
 tqdm.tqdm.monitor_interval = 0
+
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged():
+    """Fail a test whose code changed this process's torch thread count (a Ray stage run in the
+    driver once did): later tests, the training resume test among them, would compute otherwise."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test changed torch's thread count from {before} to {after}")

@@ -77,10 +77,10 @@ def read_facts(batch: pd.DataFrame) -> pd.DataFrame:
 @lru_cache(maxsize=2)
 def _processor(model: str) -> Any:
     """The model's processor (no weights), once per worker process."""
-    import torch
     from transformers import BlipProcessor
 
-    torch.set_num_threads(1)  # one prepare task per (fraction of a) core
+    # No torch.set_num_threads here: Ray already gives each task's process OMP_NUM_THREADS = its
+    # CPUs, and where a stage runs in the driver (Ray may), a global change would outlive the job.
     where = os.path.expanduser(model)
     return BlipProcessor.from_pretrained(where if os.path.isdir(where) else model, local_files_only=True)
 
