@@ -11,15 +11,14 @@ user names and UIDs only, never a patient's name or ID.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from medblip_dicom.integrations.spool.locked import LockedConnection
 from medblip_dicom.integrations.spool.rows import SpoolError
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ CREATE TABLE IF NOT EXISTS review_meta (
 """
 
 
-class ReviewDatabase:
+class ReviewDatabase(LockedConnection):
     """One connection to the spool's journal, behind a lock; the review tables created on open."""
 
     def __init__(self, spool_dir: str | Path) -> None:
@@ -112,26 +111,6 @@ class ReviewDatabase:
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot open the review tables ({exc})") from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``: serialised with every other writer of the spool)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
 
     def audit(self, username: str | None, action: str, target: str | None = None, detail: str | None = None,
               db: sqlite3.Connection | None = None) -> None:

@@ -9,16 +9,16 @@ read-only (``medblip status``) creates and changes nothing, and gives the same
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medblip_dicom.integrations.spool.locked import LockedConnection
 from medblip_dicom.integrations.spool.rows import (  # noqa: F401 - re-exported: the journal's vocabulary
     ADDED_COLUMNS, FINAL_STATES, PENDING_STATES, SCHEMA, SCHEMA_VERSION, Job, JobState, SpoolError, SpoolSummary,
 )
@@ -30,7 +30,7 @@ def _marks(ids: Sequence[int]) -> str:
     return ",".join("?" * len(ids))
 
 
-class Journal:
+class Journal(LockedConnection):
     """The jobs table of one spool. Thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
@@ -59,26 +59,6 @@ class Journal:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
 
     # -- reading -------------------------------------------------------------------------------
 
