@@ -2,7 +2,8 @@
 
 A model is a Hugging Face ``save_pretrained`` directory (``BlipForConditionalGeneration`` plus its
 ``BlipProcessor``) or a hub id that is already in the local cache. Weights are loaded from
-safetensors only (a pickled ``pytorch_model.bin`` is refused). The processor stored with the model
+safetensors only (a pickled ``pytorch_model.bin`` is refused), strictly: every weight the model
+uses comes from those files (:mod:`medblip_dicom.modelload`). The processor stored with the model
 holds the resize and normalisation used in training, so inference normalises the same way.
 
 Device ``auto`` picks CUDA, then Apple MPS, then the CPU. Dtype ``auto`` picks bfloat16 on a GPU
@@ -35,6 +36,7 @@ from medblip_dicom import digestcache
 from medblip_dicom.errors import MedblipError, ModelLoadError
 from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.identity import PROVENANCE_FILE, ModelIdentity, model_identity
+from medblip_dicom.modelload import check_architecture, load_strict
 
 __all__ = ["PROVENANCE_FILE", "CaptionGenerator", "Captioner", "GenerationSettings", "ModelIdentity", "resolve_device", "resolve_dtype",
            "weights_digest"]
@@ -176,10 +178,13 @@ class Captioner(CaptionGenerator):
     ) -> Captioner:
         """Load a model directory or a cached hub id.
 
+        The load is strict (:mod:`medblip_dicom.modelload`): a directory holding another
+        architecture, or weights that are missing, unused or of the wrong shape, is refused.
         Raises :class:`~medblip_dicom.errors.ModelLoadError` with one sentence saying what to do
-        when the model is not there (for example a hub id that is not cached and no network).
+        when the model is not there (for example a hub id that is not cached and no network) or is
+        not the model it claims to be.
         """
-        from transformers import BlipForConditionalGeneration, BlipProcessor
+        from transformers import AutoConfig, BlipForConditionalGeneration, BlipProcessor
 
         source = os.fspath(model)
         torch_device = resolve_device(device)
@@ -191,20 +196,20 @@ class Captioner(CaptionGenerator):
             raise ModelLoadError(f"model directory {source!r} does not exist")
         where = str(local) if local.is_dir() else source
 
-        def _load(local_only: bool) -> tuple[Any, Any]:
+        def _load(local_only: bool) -> tuple[Any, Any, str | None]:
+            check_architecture(AutoConfig.from_pretrained(where, local_files_only=local_only), source)
+            before = _weights_fingerprint(source, local if local.is_dir() else None)
             proc = BlipProcessor.from_pretrained(where, local_files_only=local_only)
-            net = BlipForConditionalGeneration.from_pretrained(
-                where, local_files_only=local_only, use_safetensors=True
-            )
-            return proc, net
+            net = load_strict(BlipForConditionalGeneration, where, source, local_files_only=local_only)
+            return proc, net, before
 
         try:
             try:
-                processor, net = _load(local_only=True)
+                processor, net, fingerprint = _load(local_only=True)
             except OSError:
                 if local.is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
                     raise
-                processor, net = _load(local_only=False)
+                processor, net, fingerprint = _load(local_only=False)
         except (OSError, ValueError) as exc:
             if local.is_dir():
                 raise ModelLoadError(
@@ -217,7 +222,7 @@ class Captioner(CaptionGenerator):
                 "written by save_pretrained (model + processor)"
             ) from None
 
-        identity = _identity(net, source, local if local.is_dir() else None)
+        identity = _identity(net, source, local if local.is_dir() else None, fingerprint)
         net.eval()
         if torch_device.type != "cpu" or torch_dtype != torch.float32:
             # The weights themselves are cast: half the memory and no per-op casts (see above).
@@ -239,9 +244,20 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def _identity(net: Any, source: str, directory: Path | None) -> ModelIdentity:
-    """The loaded model's identity; its weights digest comes from the cache when the files are unchanged."""
-    key = digestcache.fingerprint(directory if directory is not None else _hub_snapshot(source))
+def _weights_fingerprint(source: str, directory: Path | None) -> str | None:
+    """The digest cache's key for the weight files `source` loads from (see :mod:`.digestcache`)."""
+    return digestcache.fingerprint(directory if directory is not None else _hub_snapshot(source))
+
+
+def _identity(net: Any, source: str, directory: Path | None, before: str | None) -> ModelIdentity:
+    """The loaded model's identity; its weights digest comes from the cache when the files are unchanged.
+
+    `before` is the files' fingerprint taken before the (strict) load. The cache is used, and
+    written, only when the fingerprint after the load is the same: files replaced while loading
+    would otherwise certify weights that did not produce the captions.
+    """
+    after = _weights_fingerprint(source, directory)
+    key = after if after is not None and after == before else None
     digest = digestcache.lookup(key)
     if digest is None:
         digest = weights_digest(net)

@@ -70,13 +70,16 @@ def _load_split(config: TrainConfig, split: str, limit: int | None, accelerator:
 
 
 def _load_base(config: TrainConfig) -> tuple[Any, Any]:
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers import AutoConfig, BlipForConditionalGeneration, BlipProcessor
 
     from medblip_dicom.errors import ModelLoadError
+    from medblip_dicom.modelload import check_architecture, load_strict
 
     try:
+        # Strict: a base model with missing or unused weights would start training half random.
+        check_architecture(AutoConfig.from_pretrained(config.base_model), config.base_model)
         processor = BlipProcessor.from_pretrained(config.base_model)
-        model = BlipForConditionalGeneration.from_pretrained(config.base_model, use_safetensors=True)
+        model = load_strict(BlipForConditionalGeneration, config.base_model, config.base_model)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load base model {config.base_model!r} ({str(exc).splitlines()[0][:200]}); pass a local "
