@@ -14,6 +14,10 @@ The report contract (README, "The Structured Report"):
 - SOPInstanceUID derived from the source SOPInstanceUID and the model's weights digest: the same
   instance captioned by the same model always gets the same UID, so a re-send never creates a
   second report.
+- Text through one rule (:mod:`medblip_dicom.dicomtext`): the caption, note and model names are
+  machine text (characters their VR refuses removed); patient and study values copied from the
+  source are decoded with the source's character set; the report declares ``ISO_IR 192`` (UTF-8)
+  when any value is not ASCII, whatever the source declared.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pydicom.sr.codedict import codes
 
 from medblip_dicom import __version__
 from medblip_dicom.dicomfile import number_of_frames
+from medblip_dicom.dicomtext import CHARACTER_SET_VRS, declare_character_set, decoded_copy, dicom_text, first_refused
 from medblip_dicom.errors import ReportError
 from medblip_dicom.fileio import atomic_write_bytes
 from medblip_dicom.identity import ModelIdentity
@@ -56,7 +61,7 @@ ENGLISH_US = CodedConcept("en-US", "RFC5646", "English (United States)")
 # Patient and study attributes copied from the source; type 2 ones become empty when absent.
 _EVIDENCE_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
                    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
-_EVIDENCE_COPY = ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+_EVIDENCE_COPY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                   "SeriesInstanceUID", "StudyDescription", "IssuerOfPatientID", "OtherPatientIDsSequence",
                   "PatientAge", "PatientSize", "PatientWeight", "PatientComments", "EthnicGroup",
                   *_EVIDENCE_TYPE2)
@@ -77,12 +82,14 @@ def evidence_view(source: Dataset) -> Dataset:
     """The source's identifying, patient and study attributes only (no pixels), for highdicom.
 
     Absent type 2 attributes are present but empty, so a source without birth date, sex or
-    accession number still yields a valid report; a PatientSex outside M/F/O is emptied.
+    accession number still yields a valid report; a PatientSex outside M/F/O is emptied. Text is
+    decoded with the source's character set and the view declares none: the report declares its own
+    (:func:`~medblip_dicom.dicomtext.declare_character_set`).
     """
     view = Dataset()
     for keyword in _EVIDENCE_COPY:
         if keyword in source and _is_valid(source[keyword]):
-            view[keyword] = copy.deepcopy(source[keyword])  # never share elements with the source
+            view[keyword] = decoded_copy(source[keyword])  # never share elements with the source
     for keyword in _EVIDENCE_TYPE2:
         if keyword not in view or view[keyword].value is None:
             setattr(view, keyword, "")
@@ -105,6 +112,8 @@ def _is_valid(elem: DataElement) -> bool:
         for value in values:
             if value not in (None, ""):
                 validate_value(elem.VR, value, config.RAISE)
+                if elem.VR in CHARACTER_SET_VRS and first_refused(str(value), elem.VR) is not None:
+                    raise ValueError("a character its VR does not allow")
     except (ValueError, TypeError):
         logger.debug("not copying invalid %s into the report", elem.keyword)
         return False
@@ -141,11 +150,15 @@ def content_tree(caption: str, source: Dataset, identity: ModelIdentity, frame_n
 
     The review station's signed reports add the reviewer as a `person` observer (before the
     device, as TID 1001 orders them) and `extra_items` beside the finding (the review outcome).
+    `caption` and `note` pass :func:`~medblip_dicom.dicomtext.dicom_text` as machine text: a
+    caller's checked text passes unchanged, anything else loses what a TEXT (UT) value refuses.
     """
+    caption = dicom_text(caption, "UT", what="the finding", machine=True)
+    note = dicom_text(note, "UT", what="the note", machine=True) if note else None
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=identity.device_uid,
-        name=identity.name[:64],
-        model_name=identity.version[:64],
+        name=_lo(identity.name),
+        model_name=_lo(identity.version),
     )
     observation = hd.sr.ObservationContext(
         observer_person_context=hd.sr.ObserverContext(
@@ -197,12 +210,13 @@ def build_report(
 
     `frame_index` (0-based) is referenced as a frame number only for multi-frame sources. `note`,
     when given, is a Comment (121106, DCM) beside the finding: the representative of a series says
-    that its caption stands for the whole series.
+    that its caption stands for the whole series. The caption is machine text: characters a TEXT
+    value refuses (controls, separators) are removed and whitespace collapsed; Unicode is kept.
     Raises :class:`~medblip_dicom.errors.ReportError` naming the source when the caption is empty
     or highdicom rejects the content.
     """
     label = label or str(source.get("SOPInstanceUID", "dataset"))
-    caption = " ".join(caption.split())
+    caption = dicom_text(caption, "UT", what="the caption", machine=True)
     if not caption:
         raise ReportError(label, "the model produced an empty caption; no report written")
     multi_frame = number_of_frames(source) > 1 and is_multiframe_class(str(source.SOPClassUID))
@@ -222,10 +236,10 @@ def build_report(
             is_complete=False,
             is_final=False,
             is_verified=False,
-            series_description=SERIES_DESCRIPTION,
-            manufacturer_model_name=identity.name[:64],
-            software_versions=[f"medblip-dicom {__version__}", identity.version[:64]],
-            device_serial_number=identity.weights_sha256,
+            series_description=_lo(SERIES_DESCRIPTION),
+            manufacturer_model_name=_lo(identity.name),
+            software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(identity.version)],
+            device_serial_number=_lo(identity.weights_sha256),
         )
 
     try:
@@ -241,7 +255,12 @@ def build_report(
             _restore_evidence_class(sr, str(source.SOPInstanceUID), str(source.SOPClassUID))
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ReportError(label, f"cannot build the Structured Report ({type(exc).__name__}: {exc})") from None
-    return sr
+    return declare_character_set(sr)
+
+
+def _lo(text: str) -> str:
+    """Machine text (a model's name or version) as a LO value: at most 64 characters, no backslash."""
+    return dicom_text(text, "LO", what="a model attribute", machine=True)
 
 
 #: Image storage classes whose IOD has the Multi-frame module though their names do not say so.

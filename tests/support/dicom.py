@@ -31,7 +31,9 @@ def testdata(name: str) -> str:
 def dciodvfy_errors(path: str | Path) -> list[str]:
     """The error lines dciodvfy reports for a file (warnings are not errors)."""
     exe = require_tool("dciodvfy")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    # Tools print a file's text in its own character set: decode tolerantly, never crash on it.
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=120)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -39,7 +41,8 @@ def validate_sr(path: str | Path) -> str:
     """Check an SR file with dciodvfy (zero errors) and dsrdump (reads it); return dsrdump's text."""
     errors = dciodvfy_errors(path)
     assert not errors, f"dciodvfy found errors in {path}:\n" + "\n".join(errors)
-    proc = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=60)
     assert proc.returncode == 0, f"dsrdump could not read {path}: {proc.stderr}"
     return proc.stdout
 

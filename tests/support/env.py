@@ -61,4 +61,7 @@ def dcmtk_env() -> dict[str, str]:
 
 
 def run_tool(args: list[str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=dcmtk_env())
+    """Run a tool; its output is decoded as UTF-8 with undecodable bytes replaced (tools print DICOM
+    text in the file's character set, which a test must read, not crash on)."""
+    return subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=timeout_s, env=dcmtk_env())
