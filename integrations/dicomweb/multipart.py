@@ -20,6 +20,8 @@ from typing import IO
 
 #: Part headers longer than this are refused (they are a few lines in STOW-RS).
 MAX_HEADER_BYTES = 16 * 1024
+#: Transport padding (spaces, tabs) after a delimiter longer than this is refused.
+MAX_PADDING_BYTES = 1024
 #: Parts per request.
 MAX_PARTS = 10_000
 
@@ -139,9 +141,10 @@ class MultipartParser:
                     self._state = self._DONE
                     self._buf.clear()
                     return
-                end = self._buf.find(b"\r\n")
+                # The limits hold whatever the chunking: the search stops where they end.
+                end = self._buf.find(b"\r\n", 0, MAX_PADDING_BYTES + 2)
                 if end < 0:
-                    if len(self._buf) > 1024:
+                    if len(self._buf) > MAX_PADDING_BYTES + 1:
                         raise MultipartError("a boundary line is not followed by CRLF")
                     return
                 if self._buf[:end].strip(b" \t"):  # only transport padding may follow a delimiter
@@ -149,10 +152,10 @@ class MultipartParser:
                 del self._buf[:end + 2]
                 self._state = self._HEADERS
             elif self._state == self._HEADERS:
-                end = self._buf.find(b"\r\n\r\n")
+                end = self._buf.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
                 blank_first = self._buf[:2] == b"\r\n"
                 if not blank_first and end < 0:
-                    if len(self._buf) > MAX_HEADER_BYTES:
+                    if len(self._buf) > MAX_HEADER_BYTES + 3:
                         raise MultipartError(f"part headers longer than {MAX_HEADER_BYTES} bytes")
                     return
                 raw = b"" if blank_first else bytes(self._buf[:end])
