@@ -2,9 +2,15 @@
 
 A Starlette app (the web stack of the review station) served by uvicorn in a thread of the
 service, on ``[dicomweb] host:port`` (127.0.0.1 unless told otherwise), with TLS when a
-certificate is set (then plain HTTP is not answered at all). In order, a request is refused:
+certificate is set (then plain HTTP is not answered at all). The server keeps idle and slow
+clients from taking a sender's place (:mod:`..httpserve`, figures in :data:`LIMITS`): a request
+head must come within 10 s, a body at 1 KiB/s or more, one address holds at most 8 connections,
+and at most 64 requests (not sockets) are served at once, 503 with ``Retry-After`` beyond.
+In order, a request is refused:
 
 - 401 without ``Authorization: Bearer <token>`` of one of the configured tokens (when any is);
+  this and every other answer given before the body was read closes the connection, so that an
+  unread body is never waited for;
 - 415 unless it is ``multipart/related; type="application/dicom"``;
 - 413 when its Content-Length, or the bytes read so far, pass ``[dicomweb] max_body_bytes``:
   the body is parsed as it streams in (:mod:`.multipart`), never read whole into memory;
@@ -33,13 +39,15 @@ from medblip_dicom.integrations.dicomweb.multipart import (
     BodyTooLarge, MultipartError, MultipartParser, UnsupportedMediaType, stow_boundary,
 )
 from medblip_dicom.integrations.dicomweb.receiver import StowReceiver
+from medblip_dicom.integrations.httpserve import ConnectionGuard, ServeLimits, guarded_config
 
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-#: Connections served at once; beyond, uvicorn answers 503 (a sender retries), so that a flood of
-#: slow clients cannot hold every file descriptor.
-MAX_CONNECTIONS = 64
+#: What a STOW-RS client may hold: a whole request head within 10 s, a body at 1 KiB/s or more over
+#: 10 s, 8 connections per client address, 512 connections in all, 64 requests served at once (503
+#: with Retry-After beyond; a sender retries), 5 s for an idle kept-alive connection.
+LIMITS = ServeLimits()
 
 
 def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes: int,
@@ -47,12 +55,16 @@ def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes:
     """The Starlette app: the two STOW-RS routes; anything else is 404 (405 for another method)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     def error(status: int, reason: str, **headers: str) -> Response:
         return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
+
+    def refuse_unread(status: int, reason: str, **headers: str) -> Response:
+        """An answer given before the body was read: the connection closes (the body is not waited for)."""
+        return error(status, reason, Connection="close", **headers)
 
     def authorised(request: Request) -> bool:
         if not tokens:
@@ -70,20 +82,20 @@ def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes:
             logger.warning("STOW-RS from %s refused: no valid bearer token", peer)
             if on_security_alert is not None:
                 on_security_alert(peer, "STOW-RS request without a valid bearer token")
-            return error(401, "a valid bearer token is required", **{"WWW-Authenticate": 'Bearer realm="dicom-web"'})
+            return refuse_unread(401, "a valid bearer token is required",
+                                 **{"WWW-Authenticate": 'Bearer realm="dicom-web"'})
         study_uid = request.path_params.get("study")
         if study_uid is not None and (len(study_uid) > 64 or not _UID.match(study_uid)):
-            return error(400, "the StudyInstanceUID in the URL is not a UID")
+            return refuse_unread(400, "the StudyInstanceUID in the URL is not a UID")
         try:
             boundary = stow_boundary(request.headers.get("content-type"))
         except UnsupportedMediaType as exc:
-            return error(415, str(exc))
+            return refuse_unread(415, str(exc))
         except MultipartError as exc:
-            return error(400, str(exc))
+            return refuse_unread(400, str(exc))
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return error(413, f"the body is longer than the limit of {max_body_bytes} bytes",
-                         Connection="close")
+            return refuse_unread(413, f"the body is longer than the limit of {max_body_bytes} bytes")
         parser = MultipartParser(boundary, max_body_bytes=max_body_bytes)
         try:
             async for chunk in request.stream():
@@ -95,9 +107,13 @@ def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes:
         except MultipartError as exc:
             parser.discard()
             logger.warning("STOW-RS from %s refused: malformed multipart body (%s)", peer, exc)
-            return error(400, f"malformed multipart body: {exc}")
+            return refuse_unread(400, f"malformed multipart body: {exc}")
+        except ClientDisconnect:  # the client went away, or was cut for sending too slowly
+            parser.discard()
+            logger.info("STOW-RS from %s: the connection closed before the whole body came; nothing stored", peer)
+            return Response(status_code=400)  # nobody reads it: the connection is gone
         except Exception:
-            parser.discard()  # the client went away mid-body (ClientDisconnect): nothing was stored
+            parser.discard()  # whatever failed, nothing of this request is stored
             raise
         result = await run_in_threadpool(receiver.store, parts, study_uid, peer=peer)
         logger.info("STOW-RS from %s: %d stored, %d refused -> HTTP %d", peer, len(result.stored),
@@ -120,6 +136,8 @@ class StowEndpoint:
         self.app = build_app(receiver, tokens=self.tokens, max_body_bytes=config.max_body_bytes,
                              on_security_alert=on_security_alert)
         self._server: Any = None
+        #: The connections of the running server (counts of what it refused or cut), once started.
+        self.guard: ConnectionGuard | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
@@ -151,10 +169,9 @@ class StowEndpoint:
         sock.setblocking(False)
         self._socket = sock
         tls = {"ssl_certfile": str(cfg.cert), "ssl_keyfile": str(cfg.key)} if cfg.tls else {}
-        self._server = uvicorn.Server(uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5,
-            timeout_graceful_shutdown=5, limit_concurrency=MAX_CONNECTIONS,
-            server_header=False, **tls))
+        config, self.guard = guarded_config(self.app, limits=LIMITS, log_level="warning", access_log=False,
+                                            lifespan="off", timeout_graceful_shutdown=5, server_header=False, **tls)
+        self._server = uvicorn.Server(config)
         started = threading.Event()
         server = self._server
 
@@ -186,4 +203,8 @@ class StowEndpoint:
         if self._socket is not None:
             self._socket.close()
         self._server = None
-        logger.info("STOW-RS endpoint stopped (%d stored, %d refused)", self.receiver.stored, self.receiver.refused)
+        counts = self.guard.counts if self.guard is not None else {}
+        logger.info("STOW-RS endpoint stopped (%d stored, %d refused; connections refused for their address %d, "
+                    "heads timed out %d, slow bodies cut %d, answered busy %d)", self.receiver.stored,
+                    self.receiver.refused, counts.get("address_limit", 0), counts.get("head_timeout", 0),
+                    counts.get("slow_body", 0), counts.get("busy", 0))
