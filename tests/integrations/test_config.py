@@ -1,4 +1,4 @@
-"""The TOML configuration: the README's sample parses, mistakes are refused with the key named."""
+"""The TOML configuration: the documented reference parses, mistakes are refused with the key named."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ import pytest
 
 from medblip_dicom.integrations.config import ConfigError, Destination, load_config
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "deployment" / "configuration.md"
 
 
-def readme_toml() -> str:
-    text = README.read_text()
-    section = text.split("## Deployment", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+def reference_toml() -> str:
+    """The one TOML block of the documentation's configuration reference page."""
+    (block,) = re.findall(r"```toml\n(.*?)```", REFERENCE.read_text(), flags=re.S)
     return block
 
 
-def test_readme_sample_config_is_valid(tmp_path):
+def test_reference_sample_config_is_valid(tmp_path):
     path = tmp_path / "medblip.toml"
-    path.write_text(readme_toml())
+    path.write_text(reference_toml())
     config = load_config(path)
     assert config.node.ae_title == "MEDBLIP" and config.node.host == "127.0.0.1"
     assert config.node.allowed_calling_aets == ("CT01", "PACS")
@@ -84,10 +83,10 @@ def test_destination_parsing():
 
 
 def _documented() -> dict[tuple[str, str], bool]:
-    """Every (section, key) of the README's reference block, and whether its line is marked "example"."""
+    """Every (section, key) of the documented reference block, and whether its line is marked "example"."""
     found: dict[tuple[str, str], bool] = {}
     section = ""
-    for line in readme_toml().splitlines():
+    for line in reference_toml().splitlines():
         if line.startswith("[["):  # an array of tables ([[select.rule]]): an example, tested on its own
             section = ""
             continue
@@ -102,8 +101,8 @@ def _documented() -> dict[tuple[str, str], bool]:
     return found
 
 
-def test_the_readme_reference_documents_every_key_and_its_default(tmp_path):
-    """The README block is the one reference: complete, and where a value is not marked as an example
+def test_the_reference_documents_every_key_and_its_default(tmp_path):
+    """The documented block is the one reference: complete, and where a value is not marked as an example
     it is the default the code uses."""
     from dataclasses import fields, is_dataclass
 
@@ -122,25 +121,25 @@ def test_the_readme_reference_documents_every_key_and_its_default(tmp_path):
             else:
                 code[(name, f.name)] = value
     documented = _documented()
-    assert set(documented) == set(code), ("missing from the README: ", sorted(set(code) - set(documented)),
+    assert set(documented) == set(code), ("missing from the reference: ", sorted(set(code) - set(documented)),
                                           "not in the code: ", sorted(set(documented) - set(code)))
     path = tmp_path / "reference.toml"
-    path.write_text(readme_toml())
+    path.write_text(reference_toml())
     parsed = load_config(path)
     for (section, key), example in documented.items():
         if example:
             continue
         top, _, sub = section.partition(".")
         holder = getattr(getattr(parsed, top), sub) if sub else getattr(parsed, top)
-        assert getattr(holder, key) == code[(section, key)], f"[{section}] {key}: the README says "\
+        assert getattr(holder, key) == code[(section, key)], f"[{section}] {key}: the reference says "\
             f"{getattr(holder, key)!r}, the default is {code[(section, key)]!r}"
 
 
-def test_the_readme_example_rule_parses_and_skips_presentation_states(tmp_path):
+def test_the_reference_example_rule_parses_and_skips_presentation_states(tmp_path):
     from medblip_dicom.selection import InstanceFacts, decide
 
     path = tmp_path / "reference.toml"
-    path.write_text(readme_toml())
+    path.write_text(reference_toml())
     select = load_config(path).select
     assert select.per_series == "representative" and len(select.rules) == 1
     assert not decide(InstanceFacts("1.2", modality="PR"), select).caption
