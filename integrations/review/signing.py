@@ -6,7 +6,8 @@ as the AI report (:func:`medblip_dicom.report.content_tree` and
 
 - same Patient and Study as the source, evidence = the source; VerificationFlag VERIFIED with
   VerifyingObserverSequence (the reviewer's name, the organization, the time), PreliminaryFlag
-  FINAL, CompletionFlag COMPLETE;
+  FINAL, CompletionFlag COMPLETE; the source's header is the one the AI report recorded
+  (:func:`source_header`), so signing and amending need no source file;
 - PredecessorDocumentsSequence -> the AI report, or the previous signed report for an amendment;
 - a person observer (the reviewer) beside the device observer (the model that wrote the caption);
 - the final text as the Finding, and the review outcome beside it: whether the AI text was kept
@@ -66,13 +67,42 @@ def signed_uid(ai_uid: str, predecessor_uid: str, username: str, text: str) -> s
     return stable_uid("medblip-dicom/signed-sr", ai_uid, predecessor_uid, username, normalise_text(text))
 
 
+def signed_series_uid(ai_series_uid: str) -> str:
+    """The SeriesInstanceUID of every signed version of the AI reports of one AI series."""
+    return stable_uid("medblip-dicom/signed-series", ai_series_uid)
+
+
+def source_header(report: Dataset) -> Dataset:
+    """The source instance's header as `report` (one of our SRs) records it: what a signed report needs
+    from its source, so signing never needs the source file (``[review] keep_sources = false`` removes it
+    after the first decision).
+
+    The SR holds the patient and study attributes it copied from the source (:func:`evidence_view`),
+    and its evidence and Source Image item name the source's SOP class, instance and series; the
+    header is :func:`evidence_view` of the SR with those three UIDs put back. Raises ReportError when
+    the SR does not reference its source in CurrentRequestedProcedureEvidenceSequence.
+    """
+    ai = CaptionReport.from_dataset(report)
+    series = [str(s.SeriesInstanceUID) for study in report.get("CurrentRequestedProcedureEvidenceSequence", [])
+              for s in study.get("ReferencedSeriesSequence", []) for ref in s.get("ReferencedSOPSequence", [])
+              if str(ref.get("ReferencedSOPInstanceUID", "")) == ai.source_sop_instance_uid]
+    if not series or not ai.source_sop_class_uid:
+        raise ReportError(ai.sop_instance_uid, "does not reference its source image in "
+                          "CurrentRequestedProcedureEvidenceSequence; it cannot be signed")
+    header = evidence_view(report)
+    header.SOPClassUID = ai.source_sop_class_uid
+    header.SOPInstanceUID = ai.source_sop_instance_uid
+    header.SeriesInstanceUID = series[0]
+    return header
+
+
 def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, reviewer: Reviewer, text: str,
                         *, when: dt.datetime | None = None) -> hd.sr.ComprehensiveSR:
     """The VERIFIED, FINAL, COMPLETE report of `reviewer` with `text` for the source of `ai_sr`.
 
-    `predecessor` is `ai_sr` itself, or the previous signed report (an amendment); `source` is the
-    source instance (its header is enough). Raises ReportError for an empty text or content that
-    highdicom refuses.
+    `predecessor` is `ai_sr` itself, or the previous signed report (an amendment; its four UIDs are
+    enough); `source` is the source instance's header (:func:`source_header` of `ai_sr` will do).
+    Raises ReportError for an empty text or content that highdicom refuses.
     """
     ai = CaptionReport.from_dataset(ai_sr)
     label = ai.sop_instance_uid
@@ -95,7 +125,7 @@ def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, r
         sr = hd.sr.ComprehensiveSR(
             evidence=[evidence_view(source)],
             content=content,
-            series_instance_uid=stable_uid("medblip-dicom/signed-series", ai.series_instance_uid),
+            series_instance_uid=signed_series_uid(ai.series_instance_uid),
             series_number=SIGNED_SERIES_NUMBER,
             sop_instance_uid=signed_uid(ai.sop_instance_uid, str(predecessor.SOPInstanceUID), reviewer.username, text),
             instance_number=1,

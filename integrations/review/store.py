@@ -2,8 +2,9 @@
 
 Files, under ``SPOOL/review/``::
 
-    items/<AI SR UID>/source.dcm   the source instance, kept while the report is under review
-    items/<AI SR UID>/ai.dcm       the AI report as it was delivered (or held)
+    items/<AI SR UID>/source.dcm   the source instance: the page's image and the training export
+                                   (removed after the first decision with keep_sources = false)
+    items/<AI SR UID>/ai.dcm       the AI report as it was delivered (or held), kept for good
     signed/<SR UID>.dcm            every signed report (the first and each amendment)
     notes/<KOS UID>.dcm            IOCM rejection notes
 
@@ -14,7 +15,15 @@ committed. A process killed before the commit leaves a complete file without a r
 :meth:`ReviewStore.recover` removes (and which signing the same text again would replace: its UID
 is the same); after the commit, the whole signature stands. Two reviewers at once: the write lock
 serialises them and the unique predecessor column lets each document have one successor only, so
-the second gets :class:`ReviewConflict` naming who signed first.
+the second gets :class:`ReviewConflict` naming who signed first. A signed version is built from the
+AI report alone (the source's header is the one it recorded), so amendments need neither the
+source nor the previous version's file; a missing AI report makes signing a
+:class:`ReviewUnavailable` (409) that names the file.
+
+**Several processes on one spool** (stations, the services' intake, scripts) are safe: recovery
+runs under the same write lock that a signature holds from its file to its commit, so a station
+starting while another signs never removes that signature's file, nor a temporary file of a live
+process.
 
 **Delivery** of signed reports and rejection notes is the services' delivery loop (the same sinks
 as every report): the job row waits in ``reported`` until a watch or node service on this spool
@@ -28,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -37,18 +47,23 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from medblip_dicom.fileio import atomic_write_bytes, fsync_dir
-from medblip_dicom.report_view import CaptionReport
+from medblip_dicom.fileio import atomic_write_bytes, fsync_dir, remove_stale_temp_files
+from medblip_dicom.report_view import COMPREHENSIVE_SR, CaptionReport
 
 from medblip_dicom.integrations.review.db import ReviewDatabase
 from medblip_dicom.integrations.review.signing import (
-    Reviewer, build_rejection_note, build_signed_report, document_name, encode, normalise_text,
+    Reviewer, build_rejection_note, build_signed_report, document_name, encode, normalise_text, signed_series_uid,
+    source_header,
 )
 
 logger = logging.getLogger(__name__)
 
 PENDING, SIGNED, REJECTED = "pending", "signed", "rejected"
 STATES = (PENDING, SIGNED, REJECTED)
+#: Temporary names of :func:`~medblip_dicom.fileio.atomic_write_bytes` (``.tmp-<pid>-...``): left to
+#: :func:`~medblip_dicom.fileio.remove_stale_temp_files`, which keeps those of live processes.
+_TEMP_NAME = re.compile(r"^\.tmp-\d+-")
+
 
 
 class ReviewError(Exception):
@@ -61,6 +76,11 @@ class ReviewNotFound(ReviewError):
 
 class ReviewConflict(ReviewError):
     """Someone else decided on this report meanwhile (or it is in a state that forbids the action)."""
+
+
+class ReviewUnavailable(ReviewConflict):
+    """A file the action needs is gone from the review folder: nobody can do it until it is put back
+    (a conflict with the spool's state, answered 409 like the others; the message says which file)."""
 
 
 @dataclass(frozen=True)
@@ -200,11 +220,9 @@ class ReviewStore:
                 raise ReviewConflict(f"{current['username'] if current else 'someone'} signed this report meanwhile "
                                      f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(current['signed_at']))}); "
                                      "reload it to see the signed text, and sign again to amend it")
-            source_path, ai_path = self.item_files(item)
-            ai_sr = pydicom.dcmread(ai_path)
-            previous = pydicom.dcmread(self.root / current["file"]) if current is not None else ai_sr
-            sr = build_signed_report(ai_sr, previous, pydicom.dcmread(source_path, stop_before_pixels=True),
-                                     reviewer, text)
+            ai_sr = self._ai_report(item, "amended" if current is not None else "signed")
+            previous = self._predecessor(dict(current), ai_sr) if current is not None else ai_sr
+            sr = build_signed_report(ai_sr, previous, source_header(ai_sr), reviewer, text)
             rel = f"review/signed/{document_name(sr)}"
             data = encode(sr)
             atomic_write_bytes(self.root / rel, data)
@@ -252,6 +270,35 @@ class ReviewStore:
         self._after_decision(item)
         return note_uid
 
+    def _ai_report(self, item: Any, verb: str) -> Dataset:
+        """The item's AI report as kept under review (everything a signed version needs: the text it
+        verifies, the model, and the source's header); ReviewUnavailable when it is gone."""
+        path = self.item_files(dict(item))[1]
+        try:
+            return pydicom.dcmread(path)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            logger.error("review item %s: its AI report %s cannot be read (%s)", item["ai_uid"],
+                         os.path.relpath(path, self.root), type(exc).__name__)
+            raise ReviewUnavailable(
+                f"the review copy of the AI report ({os.path.relpath(path, self.root)} in the spool) is missing or "
+                f"unreadable, so this report cannot be {verb}; copy the delivered AI report ({item['ai_uid']}.dcm) "
+                "back to that path and try again") from None
+
+    def _predecessor(self, current: dict[str, Any], ai_sr: Dataset) -> Dataset:
+        """The signed version an amendment follows: its file, or, when that file is gone or unreadable,
+        the four UIDs the amendment references it by (its row and the AI report hold them)."""
+        try:
+            return pydicom.dcmread(self.root / current["file"], stop_before_pixels=True)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            logger.warning("signed report %s: its file %s cannot be read (%s); the amendment references it by UID",
+                           current["uid"], current["file"], type(exc).__name__)
+        reference = Dataset()
+        reference.SOPClassUID = COMPREHENSIVE_SR
+        reference.SOPInstanceUID = current["uid"]
+        reference.StudyInstanceUID = ai_sr.StudyInstanceUID
+        reference.SeriesInstanceUID = signed_series_uid(str(ai_sr.SeriesInstanceUID))
+        return reference
+
     def _locked_item(self, db: sqlite3.Connection, ai_uid: str) -> sqlite3.Row:
         item = db.execute("SELECT * FROM review_items WHERE ai_uid=?", (ai_uid,)).fetchone()
         if item is None:
@@ -281,14 +328,25 @@ class ReviewStore:
     # -- recovery -------------------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Remove signed reports and notes that a process killed mid-sign wrote without committing them."""
-        known = {r[0] for r in self.db.rows("SELECT file FROM review_signed")}
-        known |= {f"review/notes/{r[0]}.dcm" for r in self.db.rows(
-            "SELECT current_uid FROM review_items WHERE state=? AND current_uid IS NOT NULL", (REJECTED,))}
+        """Remove the signed reports and notes that a process killed mid-sign wrote without committing them.
+
+        Safe while other stations or processes sign on the same spool: it runs inside one write
+        transaction of the journal, and a signature holds that lock from before its file is written
+        until its row is committed, so every file seen here is either committed (kept) or left by a
+        transaction that ended without its row (removed). A temporary file is removed only when the
+        process that wrote it is gone. Returns how many files went.
+        """
         removed = 0
-        for sub in ("signed", "notes"):
-            for path in (self.root / "review" / sub).iterdir():
-                if f"review/{sub}/{path.name}" not in known:
+        with self.db.write() as db:
+            known = {r[0] for r in db.execute("SELECT file FROM review_signed")}
+            known |= {f"review/notes/{r[0]}.dcm" for r in db.execute(
+                "SELECT current_uid FROM review_items WHERE state=? AND current_uid IS NOT NULL", (REJECTED,))}
+            for sub in ("signed", "notes"):
+                folder = self.root / "review" / sub
+                removed += remove_stale_temp_files(folder)
+                for path in folder.iterdir():
+                    if _TEMP_NAME.match(path.name) or f"review/{sub}/{path.name}" in known:
+                        continue
                     path.unlink(missing_ok=True)
                     removed += 1
         if removed:
