@@ -65,7 +65,6 @@ STATES = (PENDING, SIGNED, REJECTED)
 _TEMP_NAME = re.compile(r"^\.tmp-\d+-")
 
 
-
 class ReviewError(Exception):
     """A review action that cannot be done as asked (the message says why, for the reviewer)."""
 
