@@ -8,7 +8,9 @@ One model, loaded once, serves every job. A batch is taken when ``batch_size`` j
 the oldest waiting job has waited ``max_wait_s``, so the model gets full batches under load and a
 lone instance is not held back long. Each job ends ``reported`` (SR written durably into the
 spool, ready for delivery), ``skipped`` (SRs and other non-images: never captioned, the loop
-guard) or ``failed`` (its input goes to ``failed/`` with a reason file: error class and message).
+guard; duplicates, which admission finds, or the pipeline within a batch) or ``failed`` (its input
+goes to ``failed/`` with a reason file: error class and message). A reason never quotes a value of
+the data set: a library's words inside it are redacted (:mod:`medblip_dicom.logsafety`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from medblip_dicom.api import CaptionFailure, CaptionResult, caption_dicoms
+from medblip_dicom.api import CaptionFailure, CaptionResult, CaptionSkipped, caption_dicoms
 from medblip_dicom.captioner import Captioner
 from medblip_dicom.errors import NotAnImageError, SourceError
 from medblip_dicom.fileio import atomic_write_bytes
+from medblip_dicom.logsafety import redact
 from medblip_dicom.pipeline import Annotated
 from medblip_dicom.report import write_report
 from medblip_dicom.selection import SelectConfig
@@ -56,6 +59,7 @@ class Worker:
         #: Sizes of the most recent batches (for logs, status and tests).
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         self.idle = threading.Event()
+        self._batch: Sequence[Job] = ()  # the batch being recorded: its inputs' paths are named by job number
 
     # -- loop ------------------------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class Worker:
             self._retry_or_fail(jobs[0], type(exc).__name__, str(exc))
             return
         self.batch_sizes.append(len(jobs))
+        self._batch = jobs
         for job, outcome in zip(jobs, outcomes, strict=True):
             try:
                 self._record(job, outcome)
@@ -143,10 +148,19 @@ class Worker:
             logger.warning("job %d: attempt failed (%s: %s); will retry", job.id, error_class, reason)
 
     def _scrub(self, message: str, job: Job) -> str:
-        """Replace the spool path of the input (the label in core messages) by the job number."""
-        return message.replace(str(self.spool.input_path(job)), f"job {job.id}")
+        """Replace the spool path of the inputs (the labels in core messages) by the job numbers, and
+        withhold any value a library's words in `message` quote (the reason goes to logs and files)."""
+        for other in (job, *(j for j in self._batch if j.id != job.id)):
+            message = message.replace(str(self.spool.input_path(other)), f"job {other.id}")
+        return redact(message)
 
-    def _record(self, job: Job, outcome: CaptionResult | CaptionFailure) -> None:
+    def _record(self, job: Job, outcome: CaptionResult | CaptionFailure | CaptionSkipped) -> None:
+        if isinstance(outcome, CaptionSkipped):  # a later instance of a SOPInstanceUID in this batch
+            reason = self._scrub(outcome.reason, job)
+            logger.info("job %d: skipped (SOPInstanceUID %s): %s: %s", job.id, job.sop_instance_uid, outcome.kind,
+                        reason)
+            self.spool.finish(job.id, JobState.SKIPPED, reason, error_class=outcome.kind)
+            return
         if isinstance(outcome, CaptionFailure):
             error = outcome.error
             # A source's error keeps its reason apart from its label (the spool path): record the reason.

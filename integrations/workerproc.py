@@ -139,7 +139,11 @@ def logging_for_child() -> tuple[str | None, dict[str, int]]:
 
 
 def configure_child_logging(log_format: str | None, levels: dict[str, int]) -> None:
-    """In a spawned child: log to stderr in the service's format (JSON lines too) at its levels."""
+    """In a spawned child: log to stderr in the service's format (JSON lines too) at its levels, with
+    other libraries' records and warnings redacted as in the service (:mod:`medblip_dicom.logsafety`)."""
+    from medblip_dicom.logsafety import protect_logs
+
+    protect_logs()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s" if log_format in (None, "json") else log_format,
                         stream=sys.stderr)
     if log_format == "json":  # the service logs JSON lines: so does its child

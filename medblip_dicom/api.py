@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from medblip_dicom.captioner import Captioner
+from medblip_dicom.duplicates import DUPLICATE, Duplicate, SeenInstances
 from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.pipeline import (
     Annotated, CaptionFailure, CaptionResult, CaptionSkipped, InlineExecutor, Stages, finish, prepare, run,
@@ -107,7 +108,10 @@ def caption_dicoms(
 ) -> Iterator[CaptionResult | CaptionFailure | CaptionSkipped]:
     """Caption many sources with batched model calls; yield one outcome per source, in order.
 
-    A bad source yields a :class:`CaptionFailure` and never stops the others. With `select`
+    A bad source yields a :class:`CaptionFailure` and never stops the others. The first source of
+    each SOPInstanceUID is captioned; a later one yields a :class:`CaptionSkipped` of kind
+    ``Duplicate`` naming the first (its SR would take the first one's UIDs and file), with
+    ``conflict=True`` when its content differs (:mod:`medblip_dicom.duplicates`). With `select`
     (:class:`~medblip_dicom.selection.SelectConfig`), the sources are a complete set: the rules and
     one caption per series decide first (reading headers only), and every source not captioned
     yields a :class:`CaptionSkipped` with the reason; the representative's SR notes the series it
@@ -164,16 +168,30 @@ def _batch_captioner(captioner: Captioner, generation: GenerationSettings | None
 
 
 def _caption_selected(sources: list[DicomSource], select: SelectConfig, **kwargs: Any) -> Iterator[Any]:
-    """`caption_dicoms` for a complete set under selection: plan first, then caption the chosen."""
+    """`caption_dicoms` for a complete set under selection: duplicates out, plan, then caption the chosen.
+
+    A later source of a SOPInstanceUID is taken out before planning, so that it neither stands for
+    a series nor counts in one.
+    """
     facts: list[InstanceFacts | None] = []
-    for src in sources:
-        header = read_header(src.source if isinstance(src, Annotated) else src, FACT_KEYWORDS)
-        facts.append(InstanceFacts.from_dataset(header) if header is not None else None)
+    duplicates: dict[int, Duplicate] = {}
+    seen = SeenInstances()
+    for i, src in enumerate(sources):
+        raw = src.source if isinstance(src, Annotated) else src
+        header = read_header(raw, FACT_KEYWORDS)
+        fact = InstanceFacts.from_dataset(header) if header is not None else None
+        duplicate = seen.check(fact.sop_instance_uid, describe(raw), raw, i + 1) if fact is not None else None
+        if duplicate is not None:
+            duplicates[i] = duplicate
+            fact = None
+        facts.append(fact)
     known = [i for i, f in enumerate(facts) if f is not None and f.sop_instance_uid]
     choices = dict(zip(known, plan([facts[i] for i in known], select)))  # type: ignore[misc]
     chosen: list[Any] = []
     for i, src in enumerate(sources):
         choice = choices.get(i)
+        if i in duplicates:
+            continue
         if choice is None or choice.caption:  # unreadable ones go on: the pipeline says why
             if choice is not None and choice.series_size > 1 and not isinstance(src, Annotated):
                 src = Annotated(src, series_note(choice.facts.series_instance_uid, choice.series_size))
@@ -181,7 +199,10 @@ def _caption_selected(sources: list[DicomSource], select: SelectConfig, **kwargs
     outcomes = caption_dicoms(chosen, **kwargs)
     for i, src in enumerate(sources):
         choice = choices.get(i)
-        if choice is not None and not choice.caption:
+        if i in duplicates:
+            yield CaptionSkipped(describe(src.source if isinstance(src, Annotated) else src), duplicates[i].reason,
+                                 DUPLICATE, conflict=duplicates[i].conflict)
+        elif choice is not None and not choice.caption:
             yield CaptionSkipped(describe(src.source if isinstance(src, Annotated) else src), choice.reason,
                                  choice.kind)
         else:

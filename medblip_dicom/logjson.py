@@ -36,4 +36,6 @@ class JsonFormatter(logging.Formatter):
             out["uids"] = uids
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # already formatted (and redacted: medblip_dicom.logsafety)
+            out["exception"] = record.exc_text
         return json.dumps(out, ensure_ascii=False)

@@ -8,8 +8,11 @@
 run (an executor each: inline in the calling thread, a thread pool, or a
 :class:`~medblip_dicom.cpupool.CpuPool`'s processes) and the function that captions a batch. It
 keeps preparing at most `lookahead` sources ahead of the model and yields one
-:class:`CaptionResult` or :class:`CaptionFailure` per source, in input order. A bad source becomes
-a failure naming it and the reason; it never stops the others.
+:class:`CaptionResult`, :class:`CaptionFailure` or :class:`CaptionSkipped` per source, in input
+order. A bad source becomes a failure naming it and the reason; it never stops the others. A source
+whose SOPInstanceUID an earlier source of the run had is not captioned (its SR would take the
+first one's UIDs and path): it is skipped as a ``Duplicate`` naming the first
+(:mod:`medblip_dicom.duplicates`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from typing import Any, Union
 
 from pydicom.dataset import Dataset
 
+from medblip_dicom.dicomtext import dicom_text
+from medblip_dicom.duplicates import DUPLICATE, SeenInstances
 from medblip_dicom.errors import DicomReadError, MedblipError, ReportError
 from medblip_dicom.identity import ModelIdentity
+from medblip_dicom.logsafety import redact
 from medblip_dicom.pixels import choose_frame, dataset_to_image
 from medblip_dicom.reading import DicomSource, describe, read_image
 from medblip_dicom.report import build_report, write_report
@@ -65,16 +71,22 @@ class CaptionFailure:
 
 @dataclass(frozen=True)
 class CaptionSkipped:
-    """A source that selection decided not to caption (:mod:`medblip_dicom.selection`), and why."""
+    """A source not captioned, and why: selection decided so (:mod:`medblip_dicom.selection`), or its
+    SOPInstanceUID was seen before in the run (:mod:`medblip_dicom.duplicates`).
+
+    `conflict` is True for a duplicate whose content differs from the first's: an image that got no
+    report of its own (the commands count it as not done).
+    """
 
     source: str
     reason: str
-    kind: str  # "rule", "localizer" or "not_representative"
+    kind: str  # "rule", "localizer", "not_representative" or "Duplicate"
+    conflict: bool = False
 
     ok = False
 
 
-Outcome = Union[CaptionResult, CaptionFailure]
+Outcome = Union[CaptionResult, CaptionFailure, CaptionSkipped]
 
 
 @dataclass(frozen=True)
@@ -129,15 +141,21 @@ def prepare(source: DicomSource | Annotated, frame: int | None,
     except MedblipError as exc:
         return CaptionFailure(label, exc)
     except Exception as exc:  # noqa: BLE001 - a library error on one odd source must not stop the others
+        # a library's message may quote a value of the data set: the reason goes to logs and reason files
         return CaptionFailure(label, DicomReadError(
-            label, f"cannot be read or decoded ({type(exc).__name__}: {str(exc)[:300]})"))
+            label, f"cannot be read or decoded ({type(exc).__name__}: {redact(str(exc)[:300])})"))
     return Prepared(label, header, index, pixel_values,
                     {"read_s": t1 - t0, "pixels_s": t2 - t1, "preprocess_s": t3 - t2}, note)
 
 
 def finish(item: Prepared, caption: str, identity: ModelIdentity,
            output_dir: str | os.PathLike[str] | None) -> Outcome:
-    """Build (and, with `output_dir`, write) the SR for one captioned source."""
+    """Build (and, with `output_dir`, write) the SR for one captioned source.
+
+    The result's caption is the one the SR holds (machine text by the DICOM text rule), so that
+    what is printed, logged or tabled never differs from the report nor holds a control character.
+    """
+    caption = dicom_text(caption, "UT", what="the caption", machine=True)
     try:
         t0 = time.perf_counter()
         sr = build_report(item.header, caption, identity, frame_index=item.frame_index, label=item.label,
@@ -154,7 +172,7 @@ def finish(item: Prepared, caption: str, identity: ModelIdentity,
         return CaptionFailure(item.label, exc)
     except Exception as exc:  # noqa: BLE001 - an odd source value tripping the SR builder fails this source only
         return CaptionFailure(item.label, ReportError(
-            item.label, f"cannot build its SR ({type(exc).__name__}: {str(exc)[:300]})"))
+            item.label, f"cannot build its SR ({type(exc).__name__}: {redact(str(exc)[:300])})"))
     timings = dict(item.timings, report_s=t1 - t0, write_s=t2 - t1)
     h = item.header
     return CaptionResult(
@@ -184,7 +202,7 @@ class Stages:
     of model inputs in the calling thread."""
 
     prepare: Callable[[DicomSource], Prepared | CaptionFailure]
-    finish: Callable[[Prepared, str], Outcome]
+    finish: Callable[[Prepared, str], CaptionResult | CaptionFailure]
     generate: Callable[[Sequence[Any]], list[str]]
     prepare_executor: Executor
     finish_executor: Executor
@@ -194,13 +212,17 @@ def run(sources: Iterable[DicomSource], stages: Stages, *, batch_size: int, look
     """Caption `sources` through `stages`; yield one outcome per source, in input order.
 
     At most `lookahead` sources are being prepared ahead of the model, and at most `lookahead`
-    finished ones wait to be yielded (a slow consumer holds the pipeline back, not memory).
+    finished ones wait to be yielded (a slow consumer holds the pipeline back, not memory). The
+    first source of each SOPInstanceUID is captioned; a later one is skipped as a ``Duplicate``
+    (decided in input order, when it is prepared).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    preparing: deque[Future[Prepared | CaptionFailure]] = deque()
+    preparing: deque[tuple[Future[Prepared | CaptionFailure], DicomSource]] = deque()
     finishing: deque[Future[Outcome]] = deque()
-    batch: list[Prepared | CaptionFailure] = []
+    batch: list[Prepared | CaptionFailure | CaptionSkipped] = []
+    seen = SeenInstances()
+    position = 0
     it = iter(sources)
     exhausted = False
 
@@ -215,7 +237,7 @@ def run(sources: Iterable[DicomSource], stages: Stages, *, batch_size: int, look
                 p.timings["caption_s"] = per_image
         by_id = {id(p): c for p, c in zip(ready, captions, strict=True)}
         for slot in batch:
-            if isinstance(slot, CaptionFailure):
+            if not isinstance(slot, Prepared):
                 done: Future[Outcome] = Future()
                 done.set_result(slot)
                 finishing.append(done)
@@ -228,15 +250,28 @@ def run(sources: Iterable[DicomSource], stages: Stages, *, batch_size: int, look
         while finishing and (block or len(finishing) > lookahead or finishing[0].done()):
             yield finishing.popleft().result()
 
+    def first_of_its_uid(item: Prepared | CaptionFailure, source: DicomSource) -> Prepared | CaptionFailure | CaptionSkipped:
+        if not isinstance(item, Prepared):
+            return item
+        raw = source.source if isinstance(source, Annotated) else source
+        duplicate = seen.check(str(item.header.get("SOPInstanceUID", "") or ""), item.label, raw, position)
+        if duplicate is None:
+            return item
+        return CaptionSkipped(item.label, duplicate.reason, DUPLICATE, conflict=duplicate.conflict)
+
     while True:
         while not exhausted and len(preparing) < lookahead:
             try:
-                preparing.append(stages.prepare_executor.submit(stages.prepare, next(it)))
+                source = next(it)
             except StopIteration:
                 exhausted = True
+            else:
+                preparing.append((stages.prepare_executor.submit(stages.prepare, source), source))
         if not preparing:
             break
-        batch.append(preparing.popleft().result())
+        future, source = preparing.popleft()
+        position += 1
+        batch.append(first_of_its_uid(future.result(), source))
         if sum(isinstance(s, Prepared) for s in batch) >= batch_size:
             caption_batch()
         yield from drain(block=False)

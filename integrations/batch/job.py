@@ -6,7 +6,9 @@ object store sized to the machine) or joins a cluster (``auto`` or a head's addr
 
 1. **Facts** (Ray tasks): each file's header only, the facts :func:`medblip_dicom.selection.plan`
    decides on. The plan is made in the driver over the complete set (the representative of a series
-   depends on all its instances), exactly as ``medblip caption`` does.
+   depends on all its instances), exactly as ``medblip caption`` does. Before it, the driver keeps
+   one input per SOPInstanceUID (the first; :mod:`medblip_dicom.duplicates`): a later one is a
+   ``Duplicate`` row naming the first, so the rule holds across all workers.
 2. **Caption** (one streaming Ray Data pipeline over the chosen files): prepare tasks (CPU) ->
    an actor pool of :class:`~medblip_dicom.integrations.batch.stages.CaptionActor` (the model loaded
    once per actor; ``num_gpus`` each on GPU machines; Ray restarts a dead actor and retries its
@@ -31,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from medblip_dicom.duplicates import DUPLICATE, SeenInstances
 from medblip_dicom.integrations.batch import results as res
 from medblip_dicom.integrations.batch import stages
 from medblip_dicom.integrations.batch.manifest import done_paths
@@ -191,6 +194,7 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
     for index, text in zip(found["index"].tolist(), found["facts"].tolist()):
         if text:
             facts[int(index)] = InstanceFacts.from_dict(json.loads(text))
+    _skip_duplicates(frame["path"].tolist(), facts, rows)
     known = [i for i, f in enumerate(facts) if f is not None and f.sop_instance_uid]
     choices = dict(zip(known, plan([facts[i] for i in known], config.select)))  # type: ignore[misc]
 
@@ -231,6 +235,24 @@ def run_batch(inputs: Sequence[tuple[str, bool]], config: BatchConfig, *,
     steady = (sum(model_batches.values()) - model_batches[stamps[0]]) / (stamps[-1] - stamps[0]) \
         if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
     return BatchRun(table, time.perf_counter() - started, steady)
+
+
+def _skip_duplicates(paths: list[str], facts: list[InstanceFacts | None], rows: dict[int, dict[str, Any]]) -> None:
+    """One SOPInstanceUID, one report: a later input of a UID becomes a ``Duplicate`` row naming the
+    first, and leaves the plan (its facts set to None). In the driver, over every input in order, so
+    the rule holds however Ray spreads the files; content is read again only for a UID seen twice.
+    An input carried over by ``--resume`` counts as seen, and keeps its row."""
+    seen = SeenInstances(load=stages.load_source)
+    for i, (path, fact) in enumerate(zip(paths, facts)):
+        if fact is None or not fact.sop_instance_uid:
+            continue
+        duplicate = seen.check(fact.sop_instance_uid, path, path, i + 1)
+        if duplicate is None:
+            continue
+        facts[i] = None
+        if i not in rows:
+            rows[i] = res.skipped_row(path, duplicate.reason, DUPLICATE, sop_instance_uid=fact.sop_instance_uid,
+                                      series_instance_uid=fact.series_instance_uid)
 
 
 def _caption_pipeline(todo: pd.DataFrame, config: BatchConfig, plan_cfg: dict[str, Any]) -> Any:

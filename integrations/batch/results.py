@@ -2,8 +2,8 @@
 
 Columns (:data:`COLUMNS`): ``path``, ``sop_instance_uid``, ``series_instance_uid``, ``status``
 (``captioned``, ``skipped``, ``failed``), ``kind`` (why, as a word: the error class, or the
-selection kind ``localizer`` / ``rule`` / ``not_representative`` / ``not_an_image``), ``reason`` (the
-sentence), ``sr_path``, ``sr_sop_instance_uid``, ``caption``, ``model_name``, ``model_version`` and
+selection kind ``localizer`` / ``rule`` / ``not_representative`` / ``not_an_image``, or ``Duplicate``
+for a later file of a SOPInstanceUID: :mod:`medblip_dicom.duplicates`), ``reason`` (the sentence), ``sr_path``, ``sr_sop_instance_uid``, ``caption``, ``model_name``, ``model_version`` and
 the timings in seconds (``read_s``, ``pixels_s``, ``preprocess_s``, ``caption_s`` per image of its
 batch, ``report_s``, ``write_s``). ``.parquet`` (the default) or ``.csv``, chosen by the name.
 """

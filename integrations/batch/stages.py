@@ -10,7 +10,10 @@
   deterministic path already exists: a rerun, or a retried task, never rewrites an SR.
 
 Every error of ours on one row becomes that row's ``status = "failed"`` with the reason; only a dying
-process (Ray retries it) or a broken model ends a task.
+process (Ray retries it) or a broken model ends a task. A reason never quotes a value of the data
+set, and every stage first makes its worker process log as the command does: other libraries'
+records and warnings redacted (:func:`medblip_dicom.logsafety.protect_logs`; Ray sends a worker's
+output to the driver's terminal and to its log files).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pandas as pd
 
 from medblip_dicom.errors import MedblipError, ReportError, SourceError
 from medblip_dicom.identity import ModelIdentity
+from medblip_dicom.logsafety import protect_logs, redact
 from medblip_dicom.pipeline import Annotated, CaptionFailure, Prepared, finish, prepare
 from medblip_dicom.reading import read_header
 from medblip_dicom.report import report_uids
@@ -52,7 +56,8 @@ def load_source(path: str) -> str | bytes:
 
 
 def _reason(error: BaseException) -> str:
-    return error.reason if isinstance(error, SourceError) else str(error)
+    """The row's reason: a library's words inside it may quote a value of the data set, withheld."""
+    return redact(error.reason if isinstance(error, SourceError) else str(error))
 
 
 # -- pass 1: facts for selection -----------------------------------------------------------------
@@ -61,6 +66,7 @@ def _reason(error: BaseException) -> str:
 def read_facts(batch: pd.DataFrame) -> pd.DataFrame:
     """``facts``: the JSON of each row's :class:`InstanceFacts`, or ``""`` when its header cannot be read
     (the prepare stage then says why)."""
+    protect_logs()
     out = []
     for path in batch["path"]:
         try:
@@ -99,6 +105,7 @@ def _header_bytes(header: Any) -> bytes:
 
 def prepare_batch(batch: pd.DataFrame, *, model: str, frame: int | None) -> pd.DataFrame:
     """Prepare each row (columns ``index, path, note``); failed rows carry ``error`` and ``reason``."""
+    protect_logs()
     processor = _processor(model)
 
     def preprocess(images: list[Any]) -> Any:
@@ -121,7 +128,8 @@ def prepare_batch(batch: pd.DataFrame, *, model: str, frame: int | None) -> pd.D
             else:
                 row.update(error=type(outcome.error).__name__, reason=_reason(outcome.error))
         except Exception as exc:  # noqa: BLE001 - an error of ours on one file is its row, not a crash
-            row.update(error=type(exc).__name__, reason=f"cannot be prepared ({type(exc).__name__}: {str(exc)[:300]})")
+            row.update(error=type(exc).__name__,
+                       reason=f"cannot be prepared ({type(exc).__name__}: {redact(str(exc)[:300])})")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -141,6 +149,7 @@ class CaptionActor:
         from medblip_dicom.api import load_captioner
         from medblip_dicom.generation import GenerationSettings
 
+        protect_logs()
         torch.set_num_threads(max(1, int(threads)))
         self.captioner = load_captioner(model, device=device, dtype=dtype)
         self.settings = GenerationSettings(**generation) if generation else self.captioner.settings
@@ -179,6 +188,7 @@ def write_batch(batch: pd.DataFrame, *, output_dir: str) -> pd.DataFrame:
     """
     from pydicom import dcmread
 
+    protect_logs()  # highdicom warns here, quoting a person name it finds odd
     rows = []
     for rec in batch.to_dict("records"):
         identity = ModelIdentity(*json.loads(rec["identity"]))
@@ -208,7 +218,7 @@ def write_batch(batch: pd.DataFrame, *, output_dir: str) -> pd.DataFrame:
                 out.update(kind=type(exc).__name__, reason=_reason(exc))
             except Exception as exc:  # noqa: BLE001 - one odd header fails its row only
                 error = ReportError(rec["path"], f"cannot build its SR ({type(exc).__name__}: {str(exc)[:300]})")
-                out.update(kind="ReportError", reason=error.reason)
+                out.update(kind="ReportError", reason=_reason(error))
         rows.append(out)
     frame = pd.DataFrame(rows)
     frame["done_at"] = time.time()  # wall clock, for the job's steady-state rate (the end of the pipeline)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from medblip_dicom.duplicates import DUPLICATE, conflict_reason
 from medblip_dicom.fileio import fsync_dir
 
 from medblip_dicom.integrations.spool.files import InstanceInfo
@@ -150,10 +151,14 @@ def _insert(db: sqlite3.Connection, journal: Journal, arrival: Arrival, now: flo
     info = arrival.info
     state, error_class, reason, duplicate_of = JobState.RECEIVED, None, None, None
     if info.sop_instance_uid:
-        duplicate_of = journal.duplicate_of(db, info.sop_instance_uid, arrival.sha)
-        if duplicate_of is not None:
-            state, error_class = JobState.SKIPPED, "Duplicate"
-            reason = f"duplicate of job {duplicate_of} (same SOPInstanceUID and content)"
+        holder = journal.duplicate_of(db, info.sop_instance_uid, arrival.sha)
+        if holder is not None:
+            # One SOPInstanceUID, one report (the SR's UIDs and file derive from it): the same
+            # content is the same instance again; other content under a UID in use is not captioned.
+            duplicate_of, same = holder
+            state, error_class = JobState.SKIPPED, DUPLICATE
+            reason = f"duplicate of job {duplicate_of} (same SOPInstanceUID and content)" if same else \
+                conflict_reason(f"job {duplicate_of}")
     if duplicate_of is None and info.manufacturer == OWN_MANUFACTURER:
         state, error_class = JobState.SKIPPED, "OwnOutput"
         reason = "written by medblip-dicom itself (loop guard): not captioned"

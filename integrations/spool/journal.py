@@ -131,14 +131,23 @@ class Journal(LockedConnection):
 
     # -- changing ------------------------------------------------------------------------------
 
-    def duplicate_of(self, db: sqlite3.Connection, sop_instance_uid: str, sha: str) -> int | None:
-        """A job (not failed, not itself a duplicate) holding the same instance with the same content."""
-        row = db.execute(
-            "SELECT id FROM jobs WHERE sop_instance_uid=? AND content_sha256=? AND state<>? "
-            "AND NOT (state=? AND reason LIKE 'duplicate of job%') ORDER BY id LIMIT 1",
-            (sop_instance_uid, sha, JobState.FAILED.value, JobState.SKIPPED.value),
-        ).fetchone()
-        return int(row[0]) if row is not None else None
+    def duplicate_of(self, db: sqlite3.Connection, sop_instance_uid: str, sha: str) -> tuple[int, bool] | None:
+        """The job that holds this SOPInstanceUID already, and whether its content is the same.
+
+        One SOPInstanceUID, one report: the first job of a UID holds it unless it failed (a failed
+        job made no report, so a re-send, corrected or not, is worked again); a job skipped as a
+        duplicate holds nothing. A holder with the same content is preferred (a journal written
+        before this rule may hold two contents of one UID).
+        """
+        rows = db.execute(
+            "SELECT id, content_sha256 FROM jobs WHERE sop_instance_uid=? AND state<>? "
+            "AND NOT (state=? AND (error_class='Duplicate' OR reason LIKE 'duplicate of job%')) ORDER BY id",
+            (sop_instance_uid, JobState.FAILED.value, JobState.SKIPPED.value),
+        ).fetchall()
+        for row in rows:
+            if row[1] == sha:
+                return int(row[0]), True
+        return (int(rows[0][0]), False) if rows else None
 
     def claim(self, limit: int, owner: str) -> list[int]:
         """Move up to `limit` received jobs (oldest first) to processing, owned by `owner`."""

@@ -12,8 +12,10 @@ Durability: a producer acknowledges an instance only after :meth:`Spool.add_byte
 Final moves update the journal first and move the file second, so a restart finishes any move a
 crash interrupted. Several processes may share one spool.
 
-A duplicate is an instance whose SOPInstanceUID and content hash (SHA-256 of the data set after
-the file meta header) match a job that has not failed; it is recorded as ``skipped``.
+A duplicate is an instance whose SOPInstanceUID a job that has not failed holds already: with the
+same content hash (SHA-256 of the data set after the file meta header) it is the same instance
+again, with another it is a different image that would take the first one's report (one
+SOPInstanceUID, one report); either is recorded as ``skipped`` (``Duplicate``), naming the first job.
 
 The two *doorbells* (``received``: work for the worker; ``reported``: work for delivery) are
 passed in: ``threading.Event`` by default, process-shared

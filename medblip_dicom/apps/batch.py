@@ -25,7 +25,9 @@ Without --ray-address a local Ray starts in this process (all cores); with --ray
 HOST:PORT the job joins that cluster. Selection and one caption per series work as in `medblip
 caption` (--per-series, --select). The results table (--results, default OUT/results.parquet, or
 .csv) has exactly one row per input file; SRs are written once, at <SR SOPInstanceUID>.dcm, and a
-rerun never rewrites one. --resume TABLE skips the inputs that TABLE already holds.
+rerun never rewrites one. --resume TABLE skips the inputs that TABLE already holds. One
+SOPInstanceUID, one report: a later file of a UID is skipped (kind Duplicate, naming the first); a
+different image under a UID already used makes the exit status 1.
 """
 
 
@@ -189,4 +191,8 @@ def _run(args: argparse.Namespace, config, inputs: list[tuple[str, bool]], resul
     print(summary(run.table, run.elapsed_s), file=sys.stderr)
     print(f"steady state {run.steady_images_s:.2f} images/s; Ray started in {startup:.1f} s; results in {results}; "
           f"SRs in {args.out}", file=sys.stderr)
-    return EXIT_FAILED if (run.table["status"] == "failed").any() else EXIT_OK
+    from medblip_dicom.duplicates import is_conflict
+
+    # an image under a SOPInstanceUID already used by another got no report: not everything was done
+    conflicts = run.table["reason"].map(is_conflict) & (run.table["kind"] == "Duplicate")
+    return EXIT_FAILED if (run.table["status"] == "failed").any() or conflicts.any() else EXIT_OK

@@ -27,6 +27,10 @@ image; --select FILE takes the [select] table (rules, per_series) of a TOML file
 found in a folder (SR, presentation states, DICOMDIR, ...) is reported as skipped; a file named on
 the command line that cannot be captioned counts as failed. Each captioned file prints one line
 `SOURCE<TAB>SR-PATH<TAB>CAPTION` on stdout.
+
+One SOPInstanceUID, one report: a file whose SOPInstanceUID an earlier file had is not captioned
+(kind Duplicate, naming the first). The same instance twice is captioned once; a different image
+under a SOPInstanceUID already used gets no report and makes the exit status 1.
 """
 
 
@@ -110,7 +114,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medblip_dicom.api import CaptionFailure, CaptionSkipped, caption_dicoms, load_captioner
-    from medblip_dicom.errors import MedblipError, NotAnImageError
+    from medblip_dicom.errors import MedblipError, NotAnImageError, SourceError
+    from medblip_dicom.logsafety import redact
 
     named = dict(inputs)
     try:
@@ -121,7 +126,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     captioner.settings = settings
 
     started = time.perf_counter()
-    done = failed = skipped = 0
+    done = failed = skipped = conflicts = 0
     progress = tqdm(total=len(inputs), unit="file", disable=args.quiet or None, file=sys.stderr)
     outcomes = caption_dicoms([p for p, _ in inputs], model=captioner, output_dir=args.out, frame=args.frame,
                               batch_size=args.batch_size, workers=args.workers, select=select)
@@ -129,15 +134,19 @@ def cmd_caption(args: argparse.Namespace) -> int:
         progress.update(1)
         if isinstance(outcome, CaptionSkipped):
             skipped += 1
+            conflicts += outcome.conflict
             progress.write(f"skipped {outcome.source}: {outcome.reason}", file=sys.stderr)
             continue
         if isinstance(outcome, CaptionFailure):
-            if isinstance(outcome.error, NotAnImageError) and not named.get(outcome.source, True):
+            error = outcome.error
+            # a library's words inside a reason may quote a value of the data set: withheld on the terminal too
+            text = f"{error.source}: {redact(error.reason)}" if isinstance(error, SourceError) else redact(str(error))
+            if isinstance(error, NotAnImageError) and not named.get(outcome.source, True):
                 skipped += 1
-                progress.write(f"skipped {outcome.error}", file=sys.stderr)
+                progress.write(f"skipped {text}", file=sys.stderr)
             else:
                 failed += 1
-                progress.write(f"FAILED {outcome.error}", file=sys.stderr)
+                progress.write(f"FAILED {text}", file=sys.stderr)
             continue
         done += 1
         if args.preview:
@@ -152,12 +161,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     where = f"; SRs in {args.out}" if args.out is not None else ""
+    clash = f", {conflicts} with a SOPInstanceUID already used by a different image" if conflicts else ""
     print(
-        f"captioned {done} of {len(inputs)} files ({failed} failed, {skipped} skipped) in {elapsed:.1f} s, "
+        f"captioned {done} of {len(inputs)} files ({failed} failed, {skipped} skipped{clash}) in {elapsed:.1f} s, "
         f"{rate:.2f} images/s on {captioner.device} ({str(captioner.dtype).split('.')[-1]}){where}",
         file=sys.stderr,
     )
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed or conflicts else EXIT_OK
 
 
 def _select_config(path: Path | None, per_series: str | None):  # noqa: ANN202 - SelectConfig, imported lazily

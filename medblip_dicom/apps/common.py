@@ -49,7 +49,15 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_logging(args: argparse.Namespace, *, service: bool = False) -> None:
-    """Set up logging for a subcommand: library code only logs, the application decides where to."""
+    """Set up logging for a subcommand: library code only logs, the application decides where to.
+
+    Every record and warning of another library is redacted (:mod:`medblip_dicom.logsafety`): logs
+    hold job numbers, UIDs, states and timings, never a value a library quoted from a data set.
+    """
+    from medblip_dicom.logsafety import protect_logs
+
+    # Before anything logs: other libraries' records and every warning lose the values they quote.
+    protect_logs()
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     level = logging.DEBUG if verbose else logging.WARNING if quiet or not service else logging.INFO
     if not logging.getLogger().handlers:

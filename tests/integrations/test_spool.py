@@ -73,11 +73,14 @@ def test_same_instance_twice_is_a_duplicate_other_content_is_not(spool, td, tmp_
     ds.save_as(other_meta, enforce_file_format=True)
     assert content_offset(other_meta.read_bytes()) != content_offset(ct.read_bytes())
     assert spool.add_file(other_meta, origin="watch", name="c.dcm").duplicate_of == first.job_id
-    # Same SOPInstanceUID, changed content (a corrected re-send): a new job.
+    # Same SOPInstanceUID, changed content: one UID, one report; skipped, naming the first job.
     ds.SeriesDescription = "corrected"
     changed = tmp_path / "changed.dcm"
     ds.save_as(changed, enforce_file_format=True)
-    assert not spool.add_file(changed, origin="watch", name="d.dcm").duplicate
+    other = spool.add_file(changed, origin="watch", name="d.dcm")
+    assert other.duplicate_of == first.job_id and spool.job(other.job_id).state is JobState.SKIPPED
+    assert spool.job(other.job_id).reason == f"SOPInstanceUID already seen in job {first.job_id} with different " \
+        "content; not captioned"
     # A re-send of an instance whose job failed is worked again.
     spool.finish(first.job_id, JobState.FAILED, "Oops: test")
     assert not spool.add_file(ct, origin="watch", name="e.dcm").duplicate

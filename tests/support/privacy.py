@@ -6,6 +6,7 @@ or ID; every test input carries this distinctive patient so that a leak is found
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -34,3 +35,28 @@ def scan_for_patient_data(*paths: Path) -> int:
                 assert_no_patient_data(path.read_bytes(), str(path))
                 scanned += 1
     return scanned
+
+
+def value_forms(value: str) -> set[bytes]:
+    """The ways a log may hold `value`: as UTF-8, JSON-escaped (``\\u00fc``, ``\\\\``) and repr-escaped."""
+    import json
+
+    forms = {value.encode("utf-8"), json.dumps(value, ensure_ascii=True)[1:-1].encode(),
+             json.dumps(value, ensure_ascii=False)[1:-1].encode("utf-8"), value.encode("unicode_escape")}
+    return {f for f in forms if f}
+
+
+def find_values(values: Iterable[str], *paths: Path) -> list[str]:
+    """Every non-DICOM file under `paths` (logs, reason files, journals, anything but a Part 10 file,
+    which carries the patient by design) holding one of `values` in any of its :func:`value_forms`:
+    ``"file: value"`` per hit."""
+    wanted = [(value, value_forms(value)) for value in values]
+    hits = []
+    for root in paths:
+        candidates = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        for path in candidates:
+            blob = path.read_bytes()
+            if blob[128:132] == b"DICM":
+                continue
+            hits += [f"{path}: {value!r}" for value, forms in wanted if any(f in blob for f in forms)]
+    return hits
