@@ -5,6 +5,8 @@
   :data:`MAX_INFLATED_BYTES`, measured streaming (pydicom and pynetdicom inflate such a data set
   whole, in memory, before anything in it can be checked; zlib packs zeros ~1000:1).
 - :func:`number_of_frames`: NumberOfFrames as a positive integer (absent, empty or broken: 1).
+- :class:`BoundedReader`: a file whose reads never ask for more than the file holds, so that a
+  corrupt length field cannot make a parser allocate gigabytes.
 
 The reader (:mod:`medblip_dicom.reading`), the spool's header reader and the DICOM node all use
 these, so a file is judged the same way wherever it arrives.
@@ -12,6 +14,8 @@ these, so a file is judged the same way wherever it arrives.
 
 from __future__ import annotations
 
+import io
+import os
 import zlib
 from typing import Any, BinaryIO
 
@@ -84,9 +88,28 @@ def deflate_bomb_at(fh: BinaryIO, limit: int = MAX_INFLATED_BYTES) -> bool:
         fh.seek(start)
 
 
+class BoundedReader(io.BufferedReader):
+    """A file opened for reading (``open(path, "rb")``) whose ``read(n)`` asks for no more than
+    the bytes left in the file.
+
+    CPython's buffered ``read(n)`` allocates n bytes before it reads: a length field corrupted to
+    0xFFFFFFFF in a 30 kB file made pydicom allocate 4 GiB. Capped, the read comes back short,
+    which pydicom reports as a truncated value. Only reads above :data:`HEAD_BYTES` look at the
+    file's size (one ``fstat``), so a file that grows while it is read is still read whole.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(io.FileIO(os.fspath(path), "r"))
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > HEAD_BYTES:
+            size = min(size, max(os.fstat(self.fileno()).st_size - self.tell(), 0))
+        return super().read(size)
+
+
 def number_of_frames(ds: Any) -> int:
     """NumberOfFrames of a data set as an integer >= 1 (1 when absent, empty or not a number)."""
     try:
         return max(int(ds.get("NumberOfFrames") or 1), 1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: pydicom cannot convert a corrupt value
         return 1

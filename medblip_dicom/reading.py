@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Union
 
 import pydicom
@@ -31,7 +31,9 @@ from pydicom.errors import InvalidDicomError as _PydicomInvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import VR as _VR
 
-from medblip_dicom.dicomfile import MAX_FRAME_BYTES, MAX_INFLATED_BYTES, deflate_bomb_at, number_of_frames
+from medblip_dicom.dicomfile import (
+    MAX_FRAME_BYTES, MAX_INFLATED_BYTES, BoundedReader, deflate_bomb_at, number_of_frames,
+)
 from medblip_dicom.errors import (
     DicomReadError,
     InvalidDicomError,
@@ -107,7 +109,7 @@ def read_dataset(source: DicomSource) -> tuple[Dataset, str]:
         raise DicomReadError(label, "is a folder, not a file")
     if path.stat().st_size == 0:
         raise NotDicomError(label, "empty file (0 bytes), not a DICOM file")
-    return _parse(lambda: path, label), label
+    return _parse(lambda: BoundedReader(path), label), label
 
 
 _KNOWN_VRS = frozenset(vr.value for vr in _VR)
@@ -160,7 +162,7 @@ def read_header(source: DicomSource | BinaryIO, tags: Sequence[str] | None = Non
         elif hasattr(source, "read"):
             opened = contextlib.nullcontext(source)
         else:
-            opened = open(source, "rb")
+            opened = BoundedReader(source)
         with opened as fh:
             if deflate_bomb_at(fh):
                 return None
@@ -170,27 +172,30 @@ def read_header(source: DicomSource | BinaryIO, tags: Sequence[str] | None = Non
         return None
 
 
-def _refuse_inflation_bomb(source: Path | BinaryIO, label: str) -> None:
-    with (open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source)) as fh:
-        if deflate_bomb_at(fh):
-            raise InvalidDicomError(
-                label, f"its deflated data set inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB; "
-                "refusing to inflate it (a decompression bomb?)"
-            )
+def _refuse_inflation_bomb(fh: BinaryIO, label: str) -> None:
+    if deflate_bomb_at(fh):
+        raise InvalidDicomError(
+            label, f"its deflated data set inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB; "
+            "refusing to inflate it (a decompression bomb?)"
+        )
 
 
-def _parse(opener, label: str) -> Dataset:  # noqa: ANN001 - opener returns a path or a file
+def _parse(opener: Callable[[], BinaryIO], label: str) -> Dataset:
+    """Parse the file `opener` opens (each call a fresh one, closed here), refusing with a reason."""
     try:
-        _refuse_inflation_bomb(opener(), label)
+        with opener() as fh:
+            _refuse_inflation_bomb(fh, label)
     except OSError as exc:
         raise DicomReadError(label, f"cannot be read ({exc.strerror or exc})") from None
     try:
-        ds = pydicom.dcmread(opener())
+        with opener() as fh:
+            ds = pydicom.dcmread(fh)
     except _PydicomInvalidDicomError:
         # No 'DICM' prefix: older files start directly with a data set. Accept them only if
         # a forced read finds the identifying attributes of a real instance.
         try:
-            ds = pydicom.dcmread(opener(), force=True)
+            with opener() as fh:
+                ds = pydicom.dcmread(fh, force=True)
             ok = "SOPClassUID" in ds and "SOPInstanceUID" in ds
         except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
             ok = False
@@ -203,6 +208,12 @@ def _parse(opener, label: str) -> Dataset:  # noqa: ANN001 - opener returns a pa
         raise InvalidDicomError(
             label, f"corrupt or truncated DICOM file ({type(exc).__name__}: {exc})"
         ) from None
+    try:
+        for part in (getattr(ds, "file_meta", None), ds):  # an unknown VR or a broken sequence, named here
+            if part is not None:                              # rather than wherever it is read
+                check_parsable(part)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken sequences
+        raise InvalidDicomError(label, f"corrupt data element ({exc})") from None
     return _with_transfer_syntax(ds, label, owned=True)
 
 
@@ -293,9 +304,9 @@ def check_image(ds: Dataset, label: str) -> None:
                 "(digits and dots, at most 64 characters); a report cannot reference it",
             )
 
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.BitsAllocated)
+    rows, cols = _whole_number(ds, "Rows", label), _whole_number(ds, "Columns", label)
+    samples = _whole_number(ds, "SamplesPerPixel", label, default=1) or 1
+    bits = _whole_number(ds, "BitsAllocated", label)
     if rows <= 0 or cols <= 0:
         raise InvalidDicomError(label, f"Rows x Columns is {rows} x {cols}; the image is empty")
     frame_bytes = rows * cols * samples * max(bits, 8) // 8
@@ -311,11 +322,30 @@ def check_image(ds: Dataset, label: str) -> None:
     _check_native_length(ds, label, frame_bytes)
 
 
+def _whole_number(ds: Dataset, keyword: str, label: str, default: int | None = None) -> int:
+    """The value of a US/IS attribute as one integer; InvalidDicomError naming it when it is not one."""
+    try:
+        value = ds.get(keyword, default)
+        return int(default if value is None or value == "" else value)
+    except Exception:  # noqa: BLE001 - a corrupt value raises in pydicom's conversion or in int()
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        raise InvalidDicomError(
+            label, f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword} is not one whole number: the file is corrupt"
+        ) from None
+
+
 def _check_native_length(ds: Dataset, label: str, frame_bytes: int) -> None:
     """Uncompressed Pixel Data shorter than its header promises means a truncated file."""
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax is None or UID(syntax).is_compressed:
+    if syntax is None:
+        return
+    if not UID(syntax).is_transfer_syntax:
+        raise InvalidDicomError(
+            label, f"(0002,0010) TransferSyntaxUID {str(syntax)[:70]!r} is not a transfer syntax this reader knows; "
+            "its pixel data cannot be decoded"
+        )
+    if UID(syntax).is_compressed:
         return
     expected = frame_bytes * number_of_frames(ds)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":

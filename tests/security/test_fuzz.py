@@ -274,7 +274,7 @@ _content_types = st.one_of(
 )
 
 
-@fuzz_target(ci_examples=300)
+@fuzz_target(ci_examples=1000)
 @given(content_type=_content_types)
 def test_stow_content_type(content_type: str) -> None:
     with bounded_time("reading one Content-Type"):
@@ -283,3 +283,141 @@ def test_stow_content_type(content_type: str) -> None:
         except (UnsupportedMediaType, MultipartError):
             return
     assert 1 <= len(boundary) <= 70 and boundary.decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM reader and pixel path: a picture or a MedblipError naming the file; memory bounded
+
+#: A read may not take more Python memory than this at its peak (a mutated length must not make
+#: it allocate gigabytes); the pixel path of the largest frame the reader lets through stays below.
+MAX_READ_PEAK_BYTES = 1 << 30
+_LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+
+
+def _monochrome1_cr() -> bytes:
+    """A 128 x 128 cut of pydicom-data's MONOCHROME1 CR (its own header, a real 7 MB file is too slow)."""
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    ds.PixelData = ds.pixel_array[:128, :128].copy().tobytes()
+    ds.Rows = ds.Columns = 128
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@functools.cache
+def dicom_seeds() -> dict[str, tuple[bytes, tuple[tuple[int, int], ...]]]:
+    """Real files: name -> (bytes, (offset, size) of each element's length field)."""
+    files = {name: Path(get_testdata_file(name)).read_bytes()
+             for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_jp2klossless.dcm", "emri_small.dcm")}
+    files["CR_monochrome1.dcm"] = _monochrome1_cr()
+    seeds = {}
+    for name, data in files.items():
+        ds = pydicom.dcmread(io.BytesIO(data))
+        fields = []
+        for dataset, implicit in ((ds.file_meta, False), (ds, ds.original_encoding[0])):
+            for tag in list(dataset.keys()):
+                raw = dataset.get_item(tag)
+                if isinstance(raw, RawDataElement) and raw.value_tell:
+                    size = 4 if implicit or raw.VR in _LONG_LENGTH_VRS else 2
+                    fields.append((raw.value_tell - size, size))
+        seeds[name] = (data, tuple(fields))
+    return seeds
+
+
+@st.composite
+def mutated_dicom(draw: st.DrawFn) -> tuple[str, bytes]:
+    """(seed name, its bytes with byte mutations and corrupted length fields)."""
+    name = draw(st.sampled_from(sorted(dicom_seeds())))
+    data, fields = dicom_seeds()[name]
+    out = bytearray(data)
+    for _ in range(draw(st.integers(0, 3))):  # corrupt length fields (before the other mutations shift them)
+        at, size = draw(st.sampled_from(fields))
+        old = int.from_bytes(out[at:at + size], "little")
+        value = draw(st.sampled_from([0, 1, old + 1, old * 2, old * 256, len(data), 2**31 - 1, 2**31, 2**32 - 2,
+                                      2**32 - 1]) | st.integers(0, 2**32 - 1)) % (1 << (8 * size))
+        out[at:at + size] = value.to_bytes(size, "little")
+    if draw(st.booleans()):
+        return name, bytes(out)
+    return name, draw(mutations(bytes(out), (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xfe\xff\x00\xe0",
+                                             b"\xfe\xff\xdd\xe0", b"OB\x00\x00", b"SQ\x00\x00", b"UN\x00\x00")))
+
+
+@fuzz_target(ci_examples=150)
+@given(case=mutated_dicom())
+def test_dicom_reader(case: tuple[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> None:
+    name, data = case
+    path = tmp_path_factory.getbasetemp() / f"fuzzed-{name}"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with bounded_time(f"reading {name}"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = read_image(path)
+            image = dataset_to_image(found.dataset, label=found.label)
+        assert image.mode == "RGB" and image.size == (int(found.dataset.Columns), int(found.dataset.Rows))
+    except MedblipError as exc:
+        assert str(path) in str(exc), f"the error does not name the file: {exc}"
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak <= MAX_READ_PEAK_BYTES, f"reading {len(data)} bytes took {peak / 2**20:.0f} MiB at its peak"
+
+
+def _ct_small() -> bytes:
+    return Path(get_testdata_file("CT_small.dcm")).read_bytes()
+
+
+def _with_pixel_data_length(length: int) -> bytes:
+    data = bytearray(_ct_small())
+    at = pydicom.dcmread(io.BytesIO(data)).get_item(0x7FE00010).value_tell - 4
+    data[at:at + 4] = length.to_bytes(4, "little")
+    return bytes(data)
+
+
+def _with_two_bits_allocated() -> bytes:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BitsAllocated = [16, 16]
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: _ct_small().replace(b"UI\x14\x001.2.840.10008.1.2.1\x00", b"UI\x14\x001.2.840.10008.3.1.1\x00"),
+     "TransferSyntaxUID '1.2.840.10008.3.1.1' is not a transfer syntax"),
+    (lambda: _ct_small().replace(b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00U\x00"), "unknown VR"),
+    (lambda: _ct_small().replace(b"\x08\x00\x60\x00CS", b"\x08\x00\x60\x00ZZ"), "unknown VR 'ZZ'"),
+    (_with_two_bits_allocated, "(0028,0100) BitsAllocated is not one whole number"),
+], ids=["not a transfer syntax", "unknown VR in file meta", "unknown VR", "two BitsAllocated"])
+def test_the_reader_names_what_the_fuzzer_broke(make: Callable[[], bytes], words: str, tmp_path: Path) -> None:
+    """Inputs the reader's fuzz target found: each is refused with a reason naming the file, within
+    the memory bound."""
+    path = tmp_path / "found.dcm"
+    path.write_bytes(make())
+    tracemalloc.start()
+    try:
+        with pytest.raises(MedblipError) as refused, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = read_image(path)
+            dataset_to_image(found.dataset, label=found.label)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(refused.value) and words in str(refused.value)
+    assert peak <= MAX_READ_PEAK_BYTES
+
+
+def test_a_corrupt_length_does_not_allocate_gigabytes(tmp_path: Path) -> None:
+    """Pixel Data's length field set to ~4 GiB in a 39 kB file: read within the memory bound."""
+    path = tmp_path / "long.dcm"
+    path.write_bytes(_with_pixel_data_length(0xFFFFFFF0))
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(MedblipError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = read_image(path)
+            dataset_to_image(found.dataset, label=found.label)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= MAX_READ_PEAK_BYTES, f"reading 39 kB took {peak / 2**20:.0f} MiB at its peak"
