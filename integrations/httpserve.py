@@ -87,6 +87,12 @@ class ServeLimits:
                               f"({self.max_per_address} > {self.max_connections})")
 
 
+#: For a web app that browsers use (the review station): a browser opens up to 6 connections to one
+#: site, and several reviewers may come from one address (a NAT, a reverse proxy), so one address
+#: may hold more; the other figures are the defaults.
+BROWSER_LIMITS = ServeLimits(max_per_address=32)
+
+
 @functools.cache
 def check() -> None:
     """Raise :class:`MissingDependencyError` unless the installed uvicorn has every hook used here."""

@@ -169,8 +169,11 @@ class StowEndpoint:
         sock.setblocking(False)
         self._socket = sock
         tls = {"ssl_certfile": str(cfg.cert), "ssl_keyfile": str(cfg.key)} if cfg.tls else {}
+        # proxy_headers off: the peer in logs and in the audit trail is the socket's, never an
+        # X-Forwarded-For that any local client could send (uvicorn believes it from 127.0.0.1).
         config, self.guard = guarded_config(self.app, limits=LIMITS, log_level="warning", access_log=False,
-                                            lifespan="off", timeout_graceful_shutdown=5, server_header=False, **tls)
+                                            lifespan="off", timeout_graceful_shutdown=5, server_header=False,
+                                            proxy_headers=False, **tls)
         self._server = uvicorn.Server(config)
         started = threading.Event()
         server = self._server

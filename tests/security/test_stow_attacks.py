@@ -10,19 +10,25 @@ cannot hold more than its share of connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import itertools
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from tests.support.dicom import reissued
 from tests.support.env import free_port, wait_for
 from tests.support.services import make_config
+
+from medblip_dicom.integrations.dicomweb.endpoint import LIMITS
+from medblip_dicom.integrations.httpserve import ConnectionGuard, RequestLimit, ServeLimits, guarded_config
 
 TOKEN = "the-right-token"
 BOUNDARY = "attack-boundary"
@@ -178,9 +184,10 @@ def test_idle_and_slow_clients_from_many_addresses_do_not_shut_stow_rs(tmp_path,
         attack.open("idle", 64)
         attack.open("slow head", 60, trickle=SLOW_HEAD)
         attack.open("slow body", 10, first=authorised_head(1 << 20), trickle=b"x")
-        # A connection that had its answer, then sends its next request head a byte a second.
-        attack.open("slow next head", 1, first=b"GET /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-                    trickle=SLOW_HEAD)
+        # Connections that had an answer, then stay silent or send their next head a byte a second.
+        answered = b"GET /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        attack.open("kept alive", 1, first=answered)
+        attack.open("slow next head", 1, first=answered, trickle=SLOW_HEAD)
         # At least the connections that have not sent a whole head are held before the sender comes.
         wait_for(lambda: server_connections(service) >= 124, 10, "the server to hold the idle and slow connections")
 
@@ -189,20 +196,19 @@ def test_idle_and_slow_clients_from_many_addresses_do_not_shut_stow_rs(tmp_path,
         assert seconds < ANSWER_WITHIN_S, f"the legitimate STOW-RS took {seconds:.2f} s under attack"
         assert uid in {job.sop_instance_uid for job in service.spool.jobs()}
 
-        from medblip_dicom.integrations.dicomweb.endpoint import LIMITS
-
         head_s = LIMITS.header_timeout_s
         body_s = LIMITS.body_window_s + 1.0  # the rate is checked once a second
         wait_for(lambda: attack.open_count() == 0, max(head_s, body_s) + MARGIN_S,
                  "the server to close every idle and slow connection")
         for kind, limit in (("idle", head_s), ("slow head", head_s), ("slow next head", head_s),
-                            ("slow body", body_s)):
+                            ("slow body", body_s), ("kept alive", LIMITS.keep_alive_s)):
             late = [c.closed - c.opened for c in attack.of(kind) if c.closed - c.opened > limit + MARGIN_S]
             assert not late, f"{len(late)} {kind} connections were closed only after {max(late):.1f} s"
         # A client whose head was cut short is told why; the kept-alive one had its answer first.
         assert all(c.received.startswith(b"HTTP/1.1 408") for c in attack.of("slow head"))
         kept = attack.of("slow next head")[0].received
         assert kept.startswith(b"HTTP/1.1 405") and b"HTTP/1.1 408" in kept
+        assert attack.of("kept alive")[0].received.startswith(b"HTTP/1.1 405")
 
 
 def test_one_address_gets_its_share_of_connections_and_others_are_served(tmp_path, td, endpoint):
@@ -212,8 +218,6 @@ def test_one_address_gets_its_share_of_connections_and_others_are_served(tmp_pat
     with Attack(port, ["127.0.0.1"]) as attack:
         attack.open("idle", 64)
         attack.open("slow head", 70, trickle=SLOW_HEAD)
-        from medblip_dicom.integrations.dicomweb.endpoint import LIMITS
-
         share = LIMITS.max_per_address
         # The extra sockets are refused at once: long before any head timeout.
         wait_for(lambda: attack.open_count() <= share, LIMITS.header_timeout_s / 2,
@@ -225,9 +229,22 @@ def test_one_address_gets_its_share_of_connections_and_others_are_served(tmp_pat
         assert attack.open_count() == share
 
 
-def test_requests_beyond_the_cap_are_answered_503_and_the_cap_counts_requests():
-    from medblip_dicom.integrations.httpserve import ConnectionGuard, RequestLimit, ServeLimits
+def test_a_forwarded_for_header_does_not_change_the_address_in_the_audit_trail(tmp_path, endpoint):
+    service, port = endpoint
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/dicom-web/studies", body=b"x",
+                     headers={"Content-Type": CONTENT_TYPE, "X-Forwarded-For": "203.0.113.9"})
+        assert conn.getresponse().status == 401
+    finally:
+        conn.close()
+    audit = tmp_path / "spool" / "audit.xml"
+    wait_for(lambda: audit.exists() and "bearer token" in audit.read_text(), 10, "the security alert")
+    text = audit.read_text()
+    assert "127.0.0.1" in text and "203.0.113.9" not in text
 
+
+def test_requests_beyond_the_cap_are_answered_503_and_the_cap_counts_requests():
     guard = ConnectionGuard(ServeLimits(max_requests=2))
     release = asyncio.Event()
 
@@ -263,6 +280,55 @@ def test_requests_beyond_the_cap_are_answered_503_and_the_cap_counts_requests():
     assert (b"retry-after", b"1") in refused[0]["headers"]
     assert [d[0]["status"] for d in done] == [200, 200]
     assert active == 0
+
+
+@contextlib.contextmanager
+def served(app, limits) -> Iterator[tuple[int, Any]]:
+    """Serve `app` with `limits` (httpserve) on a free port in a thread: (port, its guard); stopped on exit."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    config, guard = guarded_config(app, limits=limits, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="guarded-server", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 10, "the guarded server to start")
+        yield int(sock.getsockname()[1]), guard
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def test_when_every_place_is_taken_by_silent_clients_the_oldest_makes_room():
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = ServeLimits(max_connections=4, max_per_address=4)
+    with served(app, limits) as (port, guard), Attack(port, MANY_ADDRESSES) as attack:
+        for _ in range(4):  # one at a time, so that the first is the oldest
+            attack.open("idle", 1)
+            wait_for(lambda n=len(attack.conns): len(guard.admitted) == n, 5, "the server to take the connection")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"ok")
+        finally:
+            conn.close()
+        wait_for(lambda: attack.of("idle")[0].closed is not None, 5, "the oldest silent connection to be closed")
+        assert all(c.closed is None for c in attack.of("idle")[1:])
+
+
+def test_uvicorn_private_classes_are_used_in_httpserve_only():
+    root = Path(__file__).resolve().parents[2]
+    users = sorted(str(p.relative_to(root)) for folder in ("medblip_dicom", "integrations", "training")
+                   for p in (root / folder).rglob("*.py") if "h11_impl" in p.read_text())
+    assert users == ["integrations/httpserve.py"], users
 
 
 def test_uvicorn_still_has_what_the_guard_relies_on():
