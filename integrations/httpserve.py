@@ -213,6 +213,8 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self.guard_phase == "refused":  # bytes that were on their way before the close: never served
+                return
             self.guard_bytes += len(data)
             super().data_received(data)
             self._guard_follow()
