@@ -6,7 +6,9 @@ the model saw (:func:`medblip_dicom.pixels.dataset_to_image`), scaled to a reada
 white-on-black band below holding the caption and the words "machine-generated, UNVERIFIED, not for
 diagnosis". It is a Secondary Capture Image (highdicom ``SCImage``) in its own series of the same
 study, ImageType DERIVED\\SECONDARY, referencing the source image, with a deterministic UID (same
-source and model: same picture UID), exactly like the SR.
+source and model: same picture UID), exactly like the SR. Its text follows the SR's rule
+(:mod:`medblip_dicom.dicomtext`): the caption is machine text (what a value refuses is removed),
+Unicode is kept, and the picture declares ``ISO_IR 192`` when any value is not ASCII.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from medblip_dicom.dicomtext import declare_character_set, dicom_text
 from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.preview import NOTICE, render_caption_picture
 from medblip_dicom.uids import stable_uid
@@ -38,12 +41,14 @@ def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset
     """Build the Secondary Capture for `source` (whose windowed frame is `image`).
 
     Patient and study attributes are taken from `sr`, which already holds them cleaned of values
-    that break their VR, so the picture and the report always agree.
+    that break their VR, so the picture and the report always agree; so does the caption, cleaned
+    by the same rule as the report's finding.
     """
     import highdicom as hd
 
     from medblip_dicom import __version__
 
+    caption = dicom_text(caption, "UT", what="the caption", machine=True)
     picture = render_caption_picture(image, caption)
     series_uid, sop_uid = picture_uids(source, identity)
 
@@ -75,10 +80,10 @@ def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset
             study_time=attr("StudyTime"),
             referring_physician_name=attr("ReferringPhysicianName"),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
-            series_description=PICTURE_SERIES_DESCRIPTION,
-            manufacturer_model_name=identity.name[:64],
-            software_versions=[f"medblip-dicom {__version__}", identity.version[:64]],
-            device_serial_number=identity.weights_sha256,
+            series_description=_lo(PICTURE_SERIES_DESCRIPTION),
+            manufacturer_model_name=_lo(identity.name),
+            software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(identity.version)],
+            device_serial_number=_lo(identity.weights_sha256),
         )
     orientation = source.get("PatientOrientation")
     sc.PatientOrientation = list(orientation) if orientation is not None and len(orientation) == 2 else ""
@@ -87,12 +92,15 @@ def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset
     sc.ConversionType = "WSD"  # workstation: produced by software, not digitised
     sc.BurnedInAnnotation = "NO"  # the burned-in text is the caption, nothing that identifies the patient
     sc.DerivationDescription = "Windowed source image with its machine-generated caption rendered beneath"
-    sc.ImageComments = f"{NOTICE}. Caption: {caption}"[:10240]
+    sc.ImageComments = dicom_text(f"{NOTICE}. Caption: {caption}", "LT", what="the image comments", machine=True)
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
-    for keyword in ("SpecificCharacterSet", "StudyDescription"):
-        if keyword in sr:
-            setattr(sc, keyword, sr.get(keyword))
-    return sc
+    if "StudyDescription" in sr:
+        sc.StudyDescription = sr.StudyDescription
+    return declare_character_set(sc)
+
+
+def _lo(text: str) -> str:
+    return dicom_text(text, "LO", what="a model attribute", machine=True)

@@ -3,7 +3,9 @@
 ``GET /api/worklist``, ``GET /api/reports/{sr_uid}``, ``POST /api/reports/{sr_uid}/sign``
 (``{"text": ..., "predecessor": optional UID}``) and ``POST /api/reports/{sr_uid}/reject``
 (``{"reason": ...}``). Answers: 401 without a valid token, 404 for an unknown report, 409 when
-someone else decided first (the message says who), 422 for a bad request; bodies are validated.
+someone else decided first (the message says who), 422 for a bad request; bodies are validated,
+and a text or reason holding a character DICOM text cannot hold (a control character, a line
+separator) is a 422 whose ``detail`` names the character (``U+XXXX``) and its position.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medblip_dicom.errors import MedblipError
 from medblip_dicom.integrations.review.security import UID_PATTERN, ApiUser
+from medblip_dicom.integrations.review.signing import rejection_reason, signed_text
 from medblip_dicom.integrations.review.store import PENDING, ReviewConflict, ReviewError, ReviewNotFound, Signature
 
 router = APIRouter(prefix="/api")
@@ -71,7 +74,8 @@ def report(request: Request, user: ApiUser, sr_uid: Uid) -> dict[str, Any]:
 def sign(request: Request, user: ApiUser, sr_uid: Uid, body: SignBody) -> JSONResponse:
     context = request.app.state.review
     try:
-        signature = context.store.sign(sr_uid, context.reviewer(user.username, user.person_name), body.text,
+        text = signed_text(body.text)  # the DICOM text rule: a refused character is a 422 naming it
+        signature = context.store.sign(sr_uid, context.reviewer(user.username, user.person_name), text,
                                        predecessor=body.predecessor)
     except ReviewNotFound as exc:
         raise HTTPException(404, str(exc)) from None
@@ -86,7 +90,8 @@ def sign(request: Request, user: ApiUser, sr_uid: Uid, body: SignBody) -> JSONRe
 def reject(request: Request, user: ApiUser, sr_uid: Uid, body: RejectBody) -> dict[str, Any]:
     context = request.app.state.review
     try:
-        note = context.store.reject(sr_uid, context.reviewer(user.username, user.person_name), body.reason)
+        reason = rejection_reason(body.reason)
+        note = context.store.reject(sr_uid, context.reviewer(user.username, user.person_name), reason)
     except ReviewNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ReviewConflict as exc:

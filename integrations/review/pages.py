@@ -20,6 +20,7 @@ from medblip_dicom.integrations.review.render import presets_for, render_png
 from medblip_dicom.integrations.review.security import (
     LOGIN_CSRF_COOKIE, SESSION_COOKIE, UID_PATTERN, PageSession, check_csrf,
 )
+from medblip_dicom.integrations.review.signing import rejection_reason, signed_text
 from medblip_dicom.integrations.review.store import PENDING, ReviewConflict, ReviewError, ReviewNotFound
 
 router = APIRouter()
@@ -101,7 +102,8 @@ def report(request: Request, session: PageSession, sr_uid: Uid,
 
 
 def _report_page(request: Request, session: PageSession, sr_uid: str, message: str = "",
-                 status_code: int = 200) -> HTMLResponse:
+                 status_code: int = 200, typed: str | None = None) -> HTMLResponse:
+    """The report page; `typed` (a refused text) goes back into the editor so nothing is retyped."""
     store = request.app.state.review.store
     try:
         item = store.item(sr_uid)
@@ -112,7 +114,7 @@ def _report_page(request: Request, session: PageSession, sr_uid: str, message: s
     current = signatures[-1] if signatures else None
     return _render(request, "report.html", status_code, user=session.user, csrf=session.csrf, item=item,
                    patient=store.patient(item), windows=presets_for(item["modality"]), signatures=signatures,
-                   text=current.text if current else item["caption"],
+                   text=typed if typed is not None else current.text if current else item["caption"],
                    version=(item["current_uid"] if item["state"] == "signed" else None) or sr_uid, message=message)
 
 
@@ -146,7 +148,8 @@ def sign(request: Request, session: PageSession, sr_uid: Uid, csrf: Annotated[st
     context = request.app.state.review
     try:
         item = context.store.item(sr_uid)
-        final = item["caption"] if action == "as-is" else text
+        # The DICOM text rule: a character DICOM text cannot hold is a form error naming its position.
+        final = signed_text(item["caption"] if action == "as-is" else text)
         signature = context.store.sign(sr_uid, context.reviewer(session.user.username, session.user.person_name),
                                        final, predecessor=version or None)
     except ReviewNotFound as exc:
@@ -154,7 +157,7 @@ def sign(request: Request, session: PageSession, sr_uid: Uid, csrf: Annotated[st
     except ReviewConflict as exc:
         return _report_page(request, session, sr_uid, str(exc), 409)
     except (ReviewError, MedblipError) as exc:
-        return _report_page(request, session, sr_uid, str(exc), 422)
+        return _report_page(request, session, sr_uid, str(exc), 422, typed=text if action != "as-is" else None)
     return _next(request, sr_uid, "signed" if signature.created else "already signed")
 
 
@@ -164,7 +167,8 @@ def reject(request: Request, session: PageSession, sr_uid: Uid, csrf: Annotated[
     check_csrf(session.csrf, csrf)
     context = request.app.state.review
     try:
-        context.store.reject(sr_uid, context.reviewer(session.user.username, session.user.person_name), reason)
+        context.store.reject(sr_uid, context.reviewer(session.user.username, session.user.person_name),
+                             rejection_reason(reason))
     except ReviewNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ReviewConflict as exc:

@@ -17,6 +17,13 @@ as the AI report (:func:`medblip_dicom.report.content_tree` and
 
 The rejection note is a Key Object Selection document titled (113001, DCM) "Rejected for Quality
 Reasons" (IHE IOCM) that references the AI report, so archives that honour IOCM hide it.
+
+Every text a person gave (the signed text, the rejection reason, the reviewer's person name, the
+organization) passes the one DICOM text rule (:func:`medblip_dicom.dicomtext.dicom_text`): kept as
+Unicode (NFC), refused with a :class:`~medblip_dicom.dicomtext.TextError` naming the character and
+its position when it holds one that DICOM text cannot (a control character, a line separator, a
+backslash in a name); both documents declare ``ISO_IR 192`` when any value is not ASCII. So the
+report the PACS gets says what the reviewer saw and signed, character for character.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medblip_dicom import __version__
+from medblip_dicom.dicomtext import declare_character_set, dicom_text
 from medblip_dicom.errors import ReportError
 from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.report import MANUFACTURER, content_tree, evidence_view, is_multiframe_class
@@ -57,9 +65,39 @@ class Reviewer:
     organization: str
 
 
-def normalise_text(text: str) -> str:
-    """The text as it is signed: whitespace runs collapsed (what the SR and the comparison hold)."""
-    return " ".join(str(text).split())
+def normalise_text(text: str, what: str = "the text") -> str:
+    """A person's text as it is signed (or recorded as a reason): the DICOM text rule for a UT
+    value (Unicode kept, NFC; a character DICOM text cannot hold raises
+    :class:`~medblip_dicom.dicomtext.TextError` naming it and its position in `text`), then
+    whitespace runs collapsed: what the SR, the database and the comparisons hold."""
+    return " ".join(dicom_text(text, "UT", what=what).split())
+
+
+def signed_text(text: str) -> str:
+    """:func:`normalise_text` for the text a reviewer signs (its errors say "the signed text")."""
+    return normalise_text(text, "the signed text")
+
+
+def rejection_reason(reason: str) -> str:
+    """:func:`normalise_text` for a rejection reason (its errors say "the rejection reason")."""
+    return normalise_text(reason, "the rejection reason")
+
+
+def caption_text(caption: str) -> str:
+    """An AI caption as a signed text holding it unchanged would read (never raises: a caption is
+    machine text, cleaned as the AI report was), to tell "kept unchanged" from "edited"."""
+    return dicom_text(caption, "UT", what="the AI caption", machine=True)
+
+
+def _person(reviewer: Reviewer) -> tuple[str, str]:
+    """The reviewer's (person name, organization) as DICOM PN and LO values; TextError names the
+    one that holds a character DICOM refuses (an account made before names were checked)."""
+    return (dicom_text(reviewer.person_name, "PN", what=f"the person name of reviewer {reviewer.username}"),
+            dicom_text(reviewer.organization, "LO", what="the organization ([review] organization)"))
+
+
+def _lo(text: str) -> str:
+    return dicom_text(text, "LO", what="a model attribute", machine=True)
 
 
 def signed_uid(ai_uid: str, predecessor_uid: str, username: str, text: str) -> str:
@@ -106,15 +144,15 @@ def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, r
     """
     ai = CaptionReport.from_dataset(ai_sr)
     label = ai.sop_instance_uid
-    text = normalise_text(text)
+    text = signed_text(text)
     if not text:
         raise ReportError(label, "the signed text is empty; write a finding or reject the report")
     if str(source.SOPInstanceUID) != ai.source_sop_instance_uid:
         raise ReportError(label, f"the source {source.SOPInstanceUID} is not the AI report's source")
     identity = ModelIdentity(ai.model_name, ai.model_version, ai.weights_sha256, "review")
-    person = hd.sr.PersonObserverIdentifyingAttributes(name=reviewer.person_name,
-                                                       organization_name=reviewer.organization or None)
-    outcome = hd.sr.TextContentItem(name=REVIEW_OUTCOME, value=KEPT if text == normalise_text(ai.caption) else EDITED,
+    person_name, organization = _person(reviewer)
+    person = hd.sr.PersonObserverIdentifyingAttributes(name=person_name, organization_name=organization or None)
+    outcome = hd.sr.TextContentItem(name=REVIEW_OUTCOME, value=KEPT if text == caption_text(ai.caption) else EDITED,
                                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     frame = ai.source_frames[0] if ai.source_frames and is_multiframe_class(str(source.SOPClassUID)) else None
     when = when or dt.datetime.now().astimezone()
@@ -133,20 +171,20 @@ def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, r
             is_complete=True,
             is_final=True,
             is_verified=True,
-            verifying_observer_name=reviewer.person_name,
-            verifying_organization=reviewer.organization or "unknown",
+            verifying_observer_name=person_name,
+            verifying_organization=organization or "unknown",
             previous_versions=[predecessor],
             series_description=SIGNED_SERIES_DESCRIPTION,
-            manufacturer_model_name=ai.model_name[:64],
-            software_versions=[f"medblip-dicom {__version__}", ai.model_version[:64]],
-            device_serial_number=ai.weights_sha256,
+            manufacturer_model_name=_lo(ai.model_name),
+            software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(ai.model_version)],
+            device_serial_number=_lo(ai.weights_sha256),
         )
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ReportError(label, f"cannot build the signed report ({type(exc).__name__}: {exc})") from None
     stamp = when.strftime("%Y%m%d%H%M%S.%f%z")
     sr.VerifyingObserverSequence[0].VerificationDateTime = stamp
     sr.ContentDate, sr.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
-    return sr
+    return declare_character_set(sr)
 
 
 def _set_device_uid(content: Dataset, device_uid: str) -> None:
@@ -159,18 +197,20 @@ def _set_device_uid(content: Dataset, device_uid: str) -> None:
 
 
 def build_rejection_note(ai_sr: Dataset, reviewer: Reviewer, reason: str) -> hd.ko.KeyObjectSelectionDocument:
-    """A Key Object Selection "Rejected for Quality Reasons" (113001, DCM) referencing `ai_sr`."""
+    """A Key Object Selection "Rejected for Quality Reasons" (113001, DCM) referencing `ai_sr`, with
+    `reason` as its Key Object Description (a TEXT item: UT, kept whole)."""
     ai = CaptionReport.from_dataset(ai_sr)
+    person_name, organization = _person(reviewer)
     person = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name=reviewer.person_name, organization_name=reviewer.organization or None))
-    reason = normalise_text(reason)[:1024] or "rejected"
+            name=person_name, organization_name=organization or None))
+    reason = rejection_reason(reason) or "rejected"
     try:
         content = hd.ko.KeyObjectSelection(document_title=codes.DCM.RejectedForQualityReasons,
                                            referenced_objects=[ai_sr], observer_person_context=person,
                                            description=reason)
-        return hd.ko.KeyObjectSelectionDocument(
+        note = hd.ko.KeyObjectSelectionDocument(
             evidence=[ai_sr],
             content=content,
             series_instance_uid=stable_uid("medblip-dicom/rejection-series", ai.series_instance_uid),
@@ -182,6 +222,7 @@ def build_rejection_note(ai_sr: Dataset, reviewer: Reviewer, reason: str) -> hd.
         )
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ReportError(ai.sop_instance_uid, f"cannot build the rejection note ({type(exc).__name__}: {exc})") from None
+    return declare_character_set(note)
 
 
 def encode(ds: Dataset) -> bytes:

@@ -52,8 +52,8 @@ from medblip_dicom.report_view import COMPREHENSIVE_SR, CaptionReport
 
 from medblip_dicom.integrations.review.db import ReviewDatabase
 from medblip_dicom.integrations.review.signing import (
-    Reviewer, build_rejection_note, build_signed_report, document_name, encode, normalise_text, signed_series_uid,
-    source_header,
+    Reviewer, build_rejection_note, build_signed_report, caption_text, document_name, encode, normalise_text,
+    signed_series_uid, source_header,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class ReviewStore:
             data = encode(sr)
             atomic_write_bytes(self.root / rel, data)
             _before_commit()
-            edited = text != normalise_text(item["caption"])
+            edited = text != caption_text(item["caption"])
             now = time.time()
             try:
                 db.execute("INSERT INTO review_signed (uid, ai_uid, predecessor_uid, username, text, edited, signed_at, "
