@@ -4,6 +4,10 @@
 FastAPI app; :func:`serve` runs it under uvicorn, bound to 127.0.0.1 unless told otherwise, with
 TLS when a certificate and key are given. Every response carries headers that keep it out of
 frames and caches and allow scripts and styles from the app itself only.
+
+The client address that logins are throttled by is the socket's peer: uvicorn's proxy headers
+are off, so no ``X-Forwarded-For`` is believed (by default uvicorn believes it from 127.0.0.1,
+which would let a local client pick any address per request).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medblip_dicom.integrations.review.accounts import Accounts
+from medblip_dicom.integrations.review.accounts import MAX_CONCURRENT_HASHES, Accounts
 from medblip_dicom.integrations.review.security import LoginRequired, Sessions
 from medblip_dicom.integrations.review.signing import Reviewer
 from medblip_dicom.integrations.review.store import ReviewStore
@@ -56,11 +60,13 @@ class ReviewContext:
 
 
 def create_app(store: ReviewStore, *, organization: str = "", secure_cookies: bool = False,
-               session_idle_s: float = 1800.0, max_login_failures: int = 5) -> FastAPI:
-    """The app for one spool's review store (cookies Secure when `secure_cookies`, i.e. under TLS)."""
+               session_idle_s: float = 1800.0, max_login_failures: int = 5,
+               max_concurrent_hashes: int = MAX_CONCURRENT_HASHES) -> FastAPI:
+    """The app for one spool's review store (cookies Secure when `secure_cookies`, i.e. under TLS;
+    at most `max_concurrent_hashes` password hashes at once)."""
     from medblip_dicom.integrations.review import api, pages
 
-    accounts = Accounts(store.db, max_failures=max_login_failures)
+    accounts = Accounts(store.db, max_failures=max_login_failures, max_concurrent_hashes=max_concurrent_hashes)
     app = FastAPI(title="medblip review station", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.review = ReviewContext(store, accounts, Sessions(store.db, accounts, idle_s=session_idle_s),
                                      organization, secure_cookies)
@@ -114,7 +120,8 @@ def serve(app: FastAPI, *, host: str, port: int, cert: Path | None = None, key: 
                     signal.signal(sig, handler)
 
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(cert) if cert else None,
-                            ssl_keyfile=str(key) if key else None, log_level="warning", access_log=False)
+                            ssl_keyfile=str(key) if key else None, log_level="warning", access_log=False,
+                            proxy_headers=False)
     logger.info("review station on %s://%s:%d", "https" if cert else "http", host, port)
     server = Server(config)
     server.run()

@@ -6,7 +6,11 @@ node share one file across processes. The tables only add to the journal; the ``
 the spool's (:mod:`medblip_dicom.integrations.spool.rows`).
 
 Audit rows say who did what to which report and when (login, view, sign, reject, export, ...):
-user names and UIDs only, never a patient's name or ID.
+user names, UIDs and client addresses only, never a patient's name or ID.
+
+Reviewers are never deleted: a removed one keeps its row (disabled, marked removed), so that every
+signature stays attributable to a person. A journal written by an older release is upgraded in
+place when it is opened (missing columns added, rows kept).
 """
 
 from __future__ import annotations
@@ -66,7 +70,11 @@ CREATE TABLE IF NOT EXISTS review_users (
     username TEXT PRIMARY KEY,
     person_name TEXT NOT NULL,
     password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    removed_at REAL,
+    last_login REAL,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS review_tokens (
     token_sha256 TEXT PRIMARY KEY,
@@ -78,18 +86,34 @@ CREATE TABLE IF NOT EXISTS review_sessions (
     username TEXT NOT NULL,
     csrf TEXT NOT NULL,
     created_at REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS review_throttle (
-    login TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS review_login_failures (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
     failures INTEGER NOT NULL,
-    blocked_until REAL NOT NULL
+    refused INTEGER NOT NULL DEFAULT 0,
+    last_failure REAL NOT NULL,
+    PRIMARY KEY (scope, name, address)
 );
+CREATE INDEX IF NOT EXISTS review_login_failures_by_time ON review_login_failures(last_failure);
 CREATE TABLE IF NOT EXISTS review_meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
+
+
+#: Columns added to the first release's tables (name, declaration): an older journal gets them on open.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "review_users": (("enabled", "INTEGER NOT NULL DEFAULT 1"), ("removed_at", "REAL"), ("last_login", "REAL"),
+                     ("epoch", "INTEGER NOT NULL DEFAULT 0")),
+    "review_sessions": (("epoch", "INTEGER NOT NULL DEFAULT 0"),),
+}
+#: Tables of older releases that nothing reads any more (the per-name throttle: review_login_failures replaced it).
+DROPPED_TABLES = ("review_throttle",)
 
 
 class ReviewDatabase(LockedConnection):
@@ -109,8 +133,22 @@ class ReviewDatabase(LockedConnection):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(SCHEMA)
+            self._upgrade()
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot open the review tables ({exc})") from None
+
+    def _upgrade(self) -> None:
+        """Bring the tables of an older release up to :data:`SCHEMA` in place: add the missing
+        columns (every row kept, so reviewers, tokens and sessions survive) and drop dead tables."""
+        with self.write() as db:  # one writer at a time, so processes opening together add each column once
+            for table, columns in ADDED_COLUMNS.items():
+                present = {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                        logger.info("review tables: added %s.%s to %s", table, name, self.path)
+            for table in DROPPED_TABLES:
+                db.execute(f"DROP TABLE IF EXISTS {table}")
 
     def audit(self, username: str | None, action: str, target: str | None = None, detail: str | None = None,
               db: sqlite3.Connection | None = None) -> None:

@@ -3,6 +3,9 @@
 Every page route declares :data:`~.security.PageSession` (no session: a redirect to /login), every
 form POST checks the session's CSRF token, and every UID in a path must match
 :data:`~.security.UID_PATTERN`. After a decision the reviewer goes on to the next report waiting.
+
+A page shows only its own messages: ``?message=`` and ``?done=`` carry a key of :data:`MESSAGES`,
+never text (an unknown key shows nothing), so a link cannot put someone's words on a trusted page.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from medblip_dicom.errors import MedblipError
-from medblip_dicom.integrations.review.accounts import Throttled
+from medblip_dicom.integrations.review.accounts import Busy, Throttled
 from medblip_dicom.integrations.review.render import presets_for, render_png
 from medblip_dicom.integrations.review.security import (
     LOGIN_CSRF_COOKIE, SESSION_COOKIE, UID_PATTERN, PageSession, check_csrf,
@@ -26,6 +29,14 @@ from medblip_dicom.integrations.review.store import PENDING, ReviewConflict, Rev
 router = APIRouter()
 Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64)]
 STATIC = FilePath(__file__).with_name("templates")
+#: The messages a URL may ask a page to show (``?message=KEY`` / ``?done=KEY``), by key.
+MESSAGES = {"signed": "signed", "already-signed": "already signed", "rejected": "rejected"}
+MessageKey = Annotated[str, Query(max_length=32)]
+
+
+def _message(key: str) -> str:
+    """The text of a message key; nothing for a key not in :data:`MESSAGES`."""
+    return MESSAGES.get(key, "")
 
 
 def _render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
@@ -45,9 +56,9 @@ def static(name: Annotated[str, Path(pattern=r"^review\.(js|css)$")]) -> Respons
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, message: str = "") -> HTMLResponse:
+def login_form(request: Request) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
-    response = _render(request, "login.html", csrf=token, message=message[:200])
+    response = _render(request, "login.html", csrf=token)
     _cookie(response, request, LOGIN_CSRF_COOKIE, token, max_age=3600)
     return response
 
@@ -58,9 +69,10 @@ def login(request: Request, username: Annotated[str, Form(max_length=64)],
     check_csrf(request.cookies.get(LOGIN_CSRF_COOKIE), csrf)
     context = request.app.state.review
     try:
-        user = context.accounts.authenticate(username, password)
-    except Throttled as exc:
-        response = _render(request, "login.html", 429, csrf=csrf, message=str(exc))
+        user = context.accounts.authenticate(username, password, request.client.host if request.client else None)
+    except (Throttled, Busy) as exc:  # refused before the password was checked
+        response = _render(request, "login.html", 429 if isinstance(exc, Throttled) else 503, csrf=csrf,
+                           message=str(exc))
         response.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
         return response
     if user is None:
@@ -87,18 +99,18 @@ def worklist(request: Request, session: PageSession,
              date: Annotated[str, Query(pattern=r"^([0-9]{8})?$")] = "",
              model: Annotated[str, Query(max_length=64)] = "",
              state: Annotated[str, Query(pattern=r"^(pending|signed|rejected)$")] = PENDING,
-             done: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
+             done: MessageKey = "") -> HTMLResponse:
     store = request.app.state.review.store
     items = store.worklist(state=state, modality=modality, date=date, model=model)
     rows = [{**item, "patient": store.patient(item)} for item in items]
     return _render(request, "worklist.html", user=session.user, csrf=session.csrf, rows=rows, counts=store.counts(),
-                   modality=modality, date=date, model=model, state=state, done=done)
+                   modality=modality, date=date, model=model, state=state, done=_message(done))
 
 
 @router.get("/reports/{sr_uid}", response_class=HTMLResponse)
 def report(request: Request, session: PageSession, sr_uid: Uid,
-           message: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
-    return _report_page(request, session, sr_uid, message)
+           message: MessageKey = "") -> HTMLResponse:
+    return _report_page(request, session, sr_uid, _message(message))
 
 
 def _report_page(request: Request, session: PageSession, sr_uid: str, message: str = "",
@@ -134,7 +146,8 @@ def image(request: Request, session: PageSession, sr_uid: Uid,
 
 
 def _next(request: Request, sr_uid: str, done: str) -> Response:
-    """On to the newest report still waiting (the worklist when none is left)."""
+    """On to the newest report still waiting (the worklist when none is left); `done` is a key of
+    :data:`MESSAGES`."""
     waiting = [i for i in request.app.state.review.store.worklist(limit=2) if i["ai_uid"] != sr_uid]
     target = f"/reports/{waiting[0]['ai_uid']}?message={done}" if waiting else f"/?done={done}"
     return RedirectResponse(target, status_code=303)
@@ -158,7 +171,7 @@ def sign(request: Request, session: PageSession, sr_uid: Uid, csrf: Annotated[st
         return _report_page(request, session, sr_uid, str(exc), 409)
     except (ReviewError, MedblipError) as exc:
         return _report_page(request, session, sr_uid, str(exc), 422, typed=text if action != "as-is" else None)
-    return _next(request, sr_uid, "signed" if signature.created else "already signed")
+    return _next(request, sr_uid, "signed" if signature.created else "already-signed")
 
 
 @router.post("/reports/{sr_uid}/reject")

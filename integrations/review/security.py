@@ -2,7 +2,9 @@
 
 - Pages: a server-side session (table ``review_sessions``; the cookie holds a random id, the table
   its SHA-256) with an idle timeout; the cookie is HttpOnly, SameSite=Strict, and Secure under
-  TLS. Without a live session a page redirects to ``/login`` (:class:`LoginRequired`).
+  TLS. Without a live session a page redirects to ``/login`` (:class:`LoginRequired`). A session
+  lives only while its reviewer is enabled and has the credential epoch the session was made at
+  (a new password, disabling or removing the reviewer ends it: :class:`~.accounts.Accounts`).
 - Forms: every form carries the session's CSRF token (the login form a pre-session one, doubled in
   a cookie); a POST without the right token is refused with 403.
 - API: ``Authorization: Bearer TOKEN`` (:meth:`Accounts.add_token`); 401 otherwise.
@@ -54,8 +56,8 @@ class Sessions:
         now = time.time()
         with self.db.write() as db:
             db.execute("DELETE FROM review_sessions WHERE last_seen<?", (now - self.idle_s,))
-            db.execute("INSERT INTO review_sessions (id_sha256, username, csrf, created_at, last_seen) VALUES (?,?,?,?,?)",
-                       (_sha(session_id), user.username, csrf, now, now))
+            db.execute("INSERT INTO review_sessions (id_sha256, username, csrf, created_at, last_seen, epoch) "
+                       "VALUES (?,?,?,?,?,?)", (_sha(session_id), user.username, csrf, now, now, user.epoch))
         return session_id, csrf
 
     def get(self, session_id: str | None) -> Session | None:
@@ -63,16 +65,15 @@ class Sessions:
         if not session_id:
             return None
         now = time.time()
-        rows = self.db.rows("SELECT username, csrf, last_seen FROM review_sessions WHERE id_sha256=?", (_sha(session_id),))
+        rows = self.db.rows("SELECT s.username, s.csrf, s.last_seen, u.person_name, u.epoch FROM review_sessions s "
+                            "JOIN review_users u ON u.username=s.username WHERE s.id_sha256=? AND u.enabled=1 "
+                            "AND u.epoch=s.epoch", (_sha(session_id),))
         if not rows or now - float(rows[0][2]) > self.idle_s:
             self.end(session_id)
             return None
-        user = self.accounts.user(rows[0][0])
-        if user is None:
-            return None
         with self.db.write() as db:
             db.execute("UPDATE review_sessions SET last_seen=? WHERE id_sha256=?", (now, _sha(session_id)))
-        return Session(user, rows[0][1])
+        return Session(User(rows[0][0], rows[0][3], int(rows[0][4])), rows[0][1])
 
     def end(self, session_id: str | None) -> None:
         if session_id:

@@ -3,7 +3,12 @@
 - ``medblip review [--config FILE] [--host H] [--port P] [--spool DIR]``: serve the web app
   (``serve`` may be named explicitly);
 - ``medblip review add-user USER --name "Last^First" --password-stdin``;
-- ``medblip review add-token USER`` prints a new API token;
+- ``medblip review add-token USER`` prints a new API token (its id on stderr);
+- ``medblip review list-users`` / ``list-tokens [USER]``: who may review, which tokens exist (ids only);
+- ``medblip review set-password USER --password-stdin``, ``disable-user USER``, ``enable-user USER``,
+  ``remove-user USER`` and ``revoke-token ID``: a new password, disabling or removing a reviewer ends
+  its sessions and API tokens at once; a removed reviewer stays listed, so that its signatures stay
+  attributable;
 - ``medblip review export --out FILE.jsonl`` (rejected ones in ``FILE.rejected.jsonl``);
 - ``medblip review stats [--plot FILE.png] [--json]``.
 
@@ -15,16 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 from typing import Any
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
+
+logger = logging.getLogger(__name__)
 
 EXAMPLES = """\
 examples:
   medblip review add-user jdoe --name "Doe^Jane" --password-stdin --config /etc/medblip/medblip.toml
   medblip review --config /etc/medblip/medblip.toml              # https://127.0.0.1:8400 with [review.tls]
   medblip review add-token jdoe --config /etc/medblip/medblip.toml
+  medblip review list-tokens jdoe --config /etc/medblip/medblip.toml
+  medblip review revoke-token 3f9a1c0b27de --config /etc/medblip/medblip.toml
+  medblip review disable-user jdoe --config /etc/medblip/medblip.toml   # ends her sessions and tokens
   medblip review export --out feedback.jsonl --config /etc/medblip/medblip.toml
   medblip train --data feedback.jsonl --base-model runs/roco1/best --out runs/site1
   medblip review stats --plot review.png --config /etc/medblip/medblip.toml
@@ -63,6 +75,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     _common(t, argparse.SUPPRESS)
     add_verbosity(t)
     t.set_defaults(func=add_token, quick_exit=True)
+    _account_commands(commands)
     e = commands.add_parser("export", help="signed reports as a JSONL manifest for medblip train")
     e.add_argument("--out", required=True, help="FILE.jsonl (rejected reports go to FILE.rejected.jsonl)")
     _common(e, argparse.SUPPRESS)
@@ -74,6 +87,33 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     _common(st, argparse.SUPPRESS)
     add_verbosity(st)
     st.set_defaults(func=stats, quick_exit=True)
+
+
+def _account_commands(commands: argparse._SubParsersAction) -> None:
+    """The subcommands that list, revoke and re-key reviewers and their API tokens."""
+    def add(name: str, help_text: str, func: Any, *, user: bool = True) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_text)
+        if user:
+            parser.add_argument("username")
+        _common(parser, argparse.SUPPRESS)
+        add_verbosity(parser)
+        parser.set_defaults(func=func, quick_exit=True)
+        return parser
+
+    add("list-users", "the reviewers: login, name, state, API tokens, last login (never a password hash)",
+        list_users, user=False)
+    lt = add("list-tokens", "the API tokens (their ids, never the tokens), of one reviewer or all", list_tokens,
+             user=False)
+    lt.add_argument("username", nargs="?", default=None)
+    rt = add("revoke-token", "revoke an API token by its id (as add-token and list-tokens show it)", revoke_token,
+             user=False)
+    rt.add_argument("token_id", metavar="ID")
+    sp = add("set-password", "a new password for a reviewer; ends its sessions and API tokens", set_password)
+    sp.add_argument("--password-stdin", action="store_true", required=True, help="read the password from stdin")
+    add("disable-user", "stop a reviewer from logging in; ends its sessions and API tokens", disable_user)
+    add("enable-user", "let a disabled reviewer log in again (API tokens must be made anew)", enable_user)
+    add("remove-user", "remove a reviewer for good: disabled, password erased, sessions and tokens ended; "
+        "the name stays listed so that its signatures stay attributable", remove_user)
 
 
 def _common(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -116,6 +156,11 @@ def serve(args: argparse.Namespace) -> int:
     from medblip_dicom.integrations.review.app import create_app, serve as run_server
 
     r = config.review
+    if not r.enabled:
+        logger.warning("[review] enabled is false in %s: the services (watch, node) do not put AI reports under "
+                       "review, so this station's worklist gets nothing new (%d report(s) waiting now); set "
+                       "[review] enabled = true in the services' configuration",
+                       getattr(args, "config", None) or "the configuration", store.counts().get("pending", 0))
     store.recover()
     app = create_app(store, organization=r.organization, secure_cookies=r.tls.enabled,
                      session_idle_s=r.session_idle_s, max_login_failures=r.max_login_failures)
@@ -152,15 +197,111 @@ def add_token(args: argparse.Namespace) -> int:
     opened = _open("review add-token", args)
     if opened is None:
         return EXIT_USAGE
-    from medblip_dicom.integrations.review.accounts import AccountError, Accounts
+    from medblip_dicom.integrations.review.accounts import AccountError, Accounts, token_id
 
     _, store = opened
     try:
-        print(Accounts(store.db).add_token(args.username))
+        token = Accounts(store.db).add_token(args.username)
     except AccountError as exc:
         say_error("review add-token", exc)
         return EXIT_USAGE
+    print(token)
+    print(f"token id {token_id(token)} (medblip review revoke-token {token_id(token)} revokes it); the token "
+          "is shown only this once", file=sys.stderr)
     return EXIT_OK
+
+
+def _accounts(command: str, args: argparse.Namespace) -> Any:
+    """The Accounts of the configured spool, or None after saying why."""
+    if not packages_present(f"review {command}", "review"):
+        return None
+    opened = _open(f"review {command}", args)
+    if opened is None:
+        return None
+    from medblip_dicom.integrations.review.accounts import Accounts
+
+    return Accounts(opened[1].db)
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at)) if at else "never"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+def list_users(args: argparse.Namespace) -> int:
+    accounts = _accounts("list-users", args)
+    if accounts is None:
+        return EXIT_USAGE
+    users = accounts.list_users()
+    print(_table(("login", "name", "state", "tokens", "last login"),
+                 [(u.username, u.person_name, u.state, str(u.tokens), _when(u.last_login)) for u in users])
+          if users else "no reviewers yet (medblip review add-user adds one)")
+    return EXIT_OK
+
+
+def list_tokens(args: argparse.Namespace) -> int:
+    accounts = _accounts("list-tokens", args)
+    if accounts is None:
+        return EXIT_USAGE
+    tokens = accounts.list_tokens(args.username)
+    print(_table(("id", "login", "created"), [(t.id, t.username, _when(t.created_at)) for t in tokens])
+          if tokens else "no API tokens")
+    return EXIT_OK
+
+
+def _account_action(command: str, args: argparse.Namespace, action: Any) -> int:
+    """Run `action(accounts)` (returns the line to print), turning an AccountError into one line and exit 2."""
+    from medblip_dicom.integrations.review.accounts import AccountError
+
+    accounts = _accounts(command, args)
+    if accounts is None:
+        return EXIT_USAGE
+    try:
+        print(action(accounts))
+    except AccountError as exc:
+        say_error(f"review {command}", exc)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _ended(ended: tuple[int, int]) -> str:
+    return f"{ended[0]} session(s) and {ended[1]} API token(s) ended"
+
+
+def revoke_token(args: argparse.Namespace) -> int:
+    def revoke(accounts: Any) -> str:
+        token = accounts.revoke_token(args.token_id)
+        return f"token {token.id} of {token.username} revoked"
+
+    return _account_action("revoke-token", args, revoke)
+
+
+def set_password(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\r\n")
+    return _account_action("set-password", args, lambda accounts: f"new password for {args.username}; "
+                           + _ended(accounts.set_password(args.username, password)))
+
+
+def disable_user(args: argparse.Namespace) -> int:
+    return _account_action("disable-user", args, lambda accounts: f"reviewer {args.username} disabled; "
+                           + _ended(accounts.disable(args.username)))
+
+
+def enable_user(args: argparse.Namespace) -> int:
+    def enable(accounts: Any) -> str:
+        accounts.enable(args.username)
+        return f"reviewer {args.username} enabled (API tokens: make new ones with medblip review add-token)"
+
+    return _account_action("enable-user", args, enable)
+
+
+def remove_user(args: argparse.Namespace) -> int:
+    return _account_action("remove-user", args, lambda accounts: f"reviewer {args.username} removed (still listed: "
+                           "its signatures stay attributed to it); " + _ended(accounts.remove(args.username)))
 
 
 def export(args: argparse.Namespace) -> int:
