@@ -326,3 +326,32 @@ def test_a_station_upgraded_in_place_keeps_its_reviewers_tokens_and_sessions(tmp
         assert [(u.username, u.state, u.tokens) for u in accounts.list_users()] == [("carol", "enabled", 1)]
         assert accounts.authenticate("carol", PASSWORD, "127.0.0.2").person_name == "Poe^Carol"
         db.close()
+
+
+def test_the_throttle_rules_over_time(tmp_path):
+    """A name under a distributed attack gives each failed address one guess; failures are forgotten
+    after a quiet while; an IPv6 client is one /64, whatever address it takes in it."""
+    from medblip_dicom.integrations.review.db import ReviewDatabase
+    from medblip_dicom.integrations.review.throttle import FORGET_S, LoginThrottle, Throttled, client_key
+
+    sqlite3.connect(tmp_path / "journal.sqlite").close()
+    db = ReviewDatabase(tmp_path)
+    now = [1000.0]
+    throttle = LoginThrottle(db, max_failures=MAX_FAILURES, clock=lambda: now[0])
+    try:
+        throttle.reserve("alice", "10.0.0.1")  # one wrong guess from a machine
+        for i in range(throttle.alarm):  # then a botnet, one guess per address
+            throttle.reserve("alice", f"10.1.{i // 250}.{i % 250}")
+        with pytest.raises(Throttled):  # under attack: the machine that failed once now waits
+            throttle.reserve("alice", "10.0.0.1")
+        throttle.reserve("alice", "10.0.0.2")  # a machine that never failed still gets its guess
+        throttle.reserve("bob", "10.0.0.1")  # and other names are not affected
+        now[0] += FORGET_S + 1
+        for _ in range(MAX_FAILURES):  # a quiet quarter of an hour later, everything is forgotten
+            throttle.reserve("alice", "10.0.0.1")
+        with pytest.raises(Throttled):
+            throttle.reserve("alice", "10.0.0.1")
+    finally:
+        db.close()
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::7") != client_key("2001:db8:1:3::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
