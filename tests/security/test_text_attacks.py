@@ -191,3 +191,15 @@ def test_the_secondary_capture_holds_the_caption_as_the_sr_does(td, tmp_path):
     assert sc.SpecificCharacterSet == "ISO_IR 192"
     assert sc.ImageComments.endswith(f"Caption: {ROCO_CAPTION}; 肺結節")
     assert CaptionReport.from_dataset(sr).caption == f"{ROCO_CAPTION}; 肺結節"
+
+
+@pytest.mark.parametrize("name", CONTROLS)
+def test_an_administrator_typing_a_control_character_into_a_person_name_is_told_where(review_spool, name):
+    from medblip_dicom.integrations.review.accounts import AccountError, Accounts
+
+    accounts = Accounts(review_spool(1).store.db)
+    with pytest.raises(AccountError) as refused:
+        accounts.add_user("carol", f"Doe{CONTROLS[name]}^Carol", PASSWORD)
+    assert "position 4" in str(refused.value) and f"U+{ord(CONTROLS[name]):04X}" in str(refused.value)
+    assert accounts.user("carol") is None
+    assert accounts.add_user("carol", PERSON, PASSWORD).person_name == PERSON  # Unicode names are welcome
