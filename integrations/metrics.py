@@ -4,8 +4,8 @@ Most numbers come from the spool's journal at each scrape, so they agree with ``
 cover the worker process (which writes into the same journal) and survive restarts (the counters
 count since the spool was made; Prometheus copes with a counter that starts high):
 
-- ``medblip_instances_received_total{producer}``: jobs admitted (producer ``watch``, ``dimse``, or
-  ``stow`` when DICOMweb exists);
+- ``medblip_instances_received_total{producer}``: jobs admitted (producer ``watch``, ``dimse``,
+  ``stow`` for the STOW-RS endpoint, ``review`` for signed reports; ``other`` for any other origin);
 - ``medblip_jobs_finished_total{producer,outcome}``: jobs that ended ``delivered``, ``skipped`` or
   ``failed``;
 - ``medblip_reports_written_total``, ``medblip_reports_delivered_total{destination}`` (``folder``,
@@ -35,7 +35,8 @@ from prometheus_client.registry import Collector
 
 from medblip_dicom.integrations.spool import Spool
 
-PRODUCERS = {"node": "dimse", "watch": "watch", "stow": "stow"}
+#: The spool's job origins and the producer label each counts under (a signed report is a job too).
+PRODUCERS = {"node": "dimse", "watch": "watch", "dicomweb": "stow", "review": "review"}
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 

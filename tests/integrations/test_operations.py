@@ -197,3 +197,21 @@ def test_json_logs_carry_job_numbers_and_uids_and_no_patient_data(td, tmp_path, 
     assert reported and reported[0]["job"] >= 1
     assert any(uid in e.get("uids", []) for e in reported)
     assert_no_patient_data(proc.stderr, "the JSON log")
+
+
+def test_every_producer_that_feeds_the_spool_is_counted_under_its_own_label(tmp_path, td):
+    """Instances from each origin the services write (the node, the watch folder, the STOW-RS
+    endpoint, the review station's signed reports) count under their producer, not under ``other``."""
+    from medblip_dicom.integrations.metrics import ServiceMetrics
+    from medblip_dicom.integrations.spool import Spool
+
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    try:
+        for origin in ("node", "watch", "dicomweb", "review"):
+            spool.add_file(reissued(td, "CT_small.dcm", tmp_path / origin), origin=origin, name=f"{origin}.dcm")
+        registry = ServiceMetrics(spool, destinations=("folder",), worker_alive=lambda: True).registry
+        received = {s.labels["producer"]: s.value for family in registry.collect() for s in family.samples
+                    if s.name == "medblip_instances_received_total"}
+    finally:
+        spool.close()
+    assert received == {"dimse": 1, "watch": 1, "stow": 1, "review": 1}
