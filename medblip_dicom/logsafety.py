@@ -19,7 +19,8 @@ message loses its quoted values and never leaks them.
 - a DICOM element dump (a line starting with a tag, ``(gggg,eeee)``) keeps the tag only;
 - everything from the first to the last quote character (``'`` or ``"``) of a line becomes
   ``'<value withheld>'`` (first to last, so a value that holds quotes itself is withheld whole),
-  unless what was quoted is a DICOM UID or a DICOM keyword, which identify no one.
+  unless what was quoted is a word of the standard, which identifies no one: a UID, an attribute
+  keyword, a registered UID's name (``'Explicit VR Little Endian'``) or a VR.
 
 A value a library prints neither quoted nor in an element dump is not recognised; the attack tests
 scan every log line of the services for a corpus of hostile names to catch such a message.
@@ -56,16 +57,20 @@ _MARK = "_medblip_redacting"
 
 
 @lru_cache(maxsize=1)
-def _keywords() -> frozenset[str]:
+def _vocabulary() -> frozenset[str]:
+    """Words of the standard: attribute keywords, the names of registered UIDs, the VRs."""
     from pydicom.datadict import keyword_dict
+    from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
+    from pydicom.valuerep import VR
 
-    return frozenset(keyword_dict)
+    return frozenset(keyword_dict) | frozenset(str(entry[0]) for entry in UID_dictionary.values()) \
+        | frozenset(vr.value for vr in VR)
 
 
 def _harmless(quoted: str) -> bool:
-    """A quoted text that identifies no one: a UID or a DICOM keyword."""
+    """A quoted text that identifies no one: a UID, a DICOM keyword, a registered UID's name, a VR."""
     text = quoted.strip()
-    return bool(text) and (_UID.fullmatch(text) is not None or text in _keywords())
+    return bool(text) and (_UID.fullmatch(text) is not None or text in _vocabulary())
 
 
 def redact_line(line: str) -> str:

@@ -46,15 +46,18 @@ def value_forms(value: str) -> set[bytes]:
     return {f for f in forms if f}
 
 
-def find_values(values: Iterable[str], *paths: Path) -> list[str]:
+def find_values(values: Iterable[str], *paths: Path, skip: Iterable[str] = ()) -> list[str]:
     """Every non-DICOM file under `paths` (logs, reason files, journals, anything but a Part 10 file,
     which carries the patient by design) holding one of `values` in any of its :func:`value_forms`:
-    ``"file: value"`` per hit."""
+    ``"file: value"`` per hit. Files named in `skip` are not read."""
     wanted = [(value, value_forms(value)) for value in values]
+    skipped = set(skip)
     hits = []
     for root in paths:
         candidates = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
         for path in candidates:
+            if path.name in skipped:
+                continue
             blob = path.read_bytes()
             if blob[128:132] == b"DICM":
                 continue
