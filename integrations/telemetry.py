@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from medblip_dicom.integrations.audit import Study
 
@@ -75,8 +76,9 @@ class Telemetry:
 
     # -- the watch folder and delivery --------------------------------------------------------------
 
-    def file_taken(self, path: Path) -> None:
-        """A file of the inbox is in the spool (read its header for the audit message first)."""
+    def file_taken(self, path: Path | BinaryIO) -> None:
+        """A file of the inbox is in the spool (read its header for the audit message first); the watch
+        folder passes the open file it took, so the audit never reads a name an outsider may have swapped."""
         if self.audit is None:
             return
         transfer = _transfer_of([path], Transfer("watch folder", "localhost"))
@@ -94,7 +96,7 @@ class Telemetry:
                         detail=detail)
 
 
-def _transfer_of(files: list[Path], transfer: Transfer) -> Transfer:
+def _transfer_of(files: Sequence[Path | BinaryIO], transfer: Transfer) -> Transfer:
     """Add each file's study, patient and SOP class (read from its header) to `transfer`."""
     from medblip_dicom.reading import read_header
 

@@ -31,10 +31,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from medblip_dicom.integrations.spool import files, owners, recovery
 from medblip_dicom.integrations.spool.admit import (  # noqa: F401 - OWN_MANUFACTURER re-exported
@@ -211,21 +211,35 @@ class Spool:
         Raises :class:`SpoolFullError` when the limits would be crossed, OSError when the file
         cannot be read.
         """
-        src = Path(path)
-        with self.space.reserve(src.stat().st_size):
+        with open(path, "rb") as fin:
+            return self.add_stream(fin, os.fstat(fin.fileno()).st_size, origin=origin, name=name,
+                                   done_dir=done_dir, failed_dir=failed_dir)
+
+    def add_stream(self, fin: BinaryIO, size: int, *, origin: str, name: str,
+                   done_dir: str | os.PathLike[str] | None = None,
+                   failed_dir: str | os.PathLike[str] | None = None,
+                   verify: Callable[[], None] | None = None) -> Admission:
+        """:meth:`add_file` from a file the caller opened (and closes): read to its end, `size` as opened.
+
+        `verify` runs once the copy is on disk, before the journal row: what it raises abandons the
+        admission (nothing stored) and reaches the caller (the source changed while it was read).
+        """
+        with self.space.reserve(size):
             tmp = self._tmp_path()
             hasher = ContentHasher()
             copied = 0
             try:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                with open(tmp, "wb") as fout:
                     while chunk := fin.read(files.CHUNK):
                         hasher.update(chunk)
                         fout.write(chunk)
                         copied += len(chunk)
                     fout.flush()
                     os.fsync(fout.fileno())
-                return self._admit(tmp, copied, hasher.hexdigest(), read_instance_info(tmp), origin, name,
-                                   done_dir, failed_dir)
+                info = read_instance_info(tmp)
+                if verify is not None:
+                    verify()
+                return self._admit(tmp, copied, hasher.hexdigest(), info, origin, name, done_dir, failed_dir)
             finally:
                 with contextlib.suppress(OSError):
                     tmp.unlink()

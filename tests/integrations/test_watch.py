@@ -74,7 +74,8 @@ def test_renames_bad_files_nested_folders_and_ignored_names(tmp_path, td, run_se
     shutil.copy(mr, inbox / "ward" / "bed 4" / "mr.dcm")
     # bad inputs
     (inbox / "junk.dcm").write_bytes(os.urandom(3000))
-    (inbox / "truncated.dcm").write_bytes(ct.read_bytes()[:6000])
+    # another instance, cut short (a cut copy of ct itself would be a duplicate of its SOPInstanceUID)
+    (inbox / "truncated.dcm").write_bytes(reissued(td, "CT_small.dcm", tmp_path / "cut").read_bytes()[:6000])
     (inbox / "empty.dcm").write_bytes(b"")
     shutil.copy(td("test-SR.dcm"), inbox / "report.dcm")  # not an image: skipped, never captioned
     # ignored names stay where they are
