@@ -25,7 +25,8 @@ from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.selection import SelectConfig, SelectionError, config_from_mapping
 
 from medblip_dicom.integrations.config_checks import (
-    ConfigError, check_ae_title, check_int, check_positive, fail, optional_path,
+    ConfigError, check_ae_title, check_int, check_path, check_positive, check_text_list, fail, optional_path, shown,
+    sub_table,
 )
 from medblip_dicom.integrations.config_dicomweb import DicomwebConfig, ForwardDicomwebConfig, finish_forward
 from medblip_dicom.integrations.config_ops import AuditConfig, MetricsConfig
@@ -55,9 +56,11 @@ class ModelConfig:
     no_repeat_ngram_size: int = 3
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            fail("model", "path", f"must be a model folder or hub id (text), got {shown(self.path)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             fail("model", "dtype", f"{self.dtype!r}: use auto, float32, bfloat16 or float16")
-        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", str(self.device)):
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             fail("model", "device", f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         try:
             self.generation  # noqa: B018 - built once here to check the values
@@ -106,7 +109,7 @@ class SpoolConfig:
     min_free_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", Path(self.dir).expanduser())
+        object.__setattr__(self, "dir", check_path("spool", "dir", self.dir))
         check_int("spool", "max_bytes", self.max_bytes, 0)
         check_int("spool", "min_free_bytes", self.min_free_bytes, 0)
 
@@ -120,7 +123,7 @@ class OutputConfig:
     study_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", optional_path(self.dir))
+        object.__setattr__(self, "dir", optional_path("output", "dir", self.dir))
         if not isinstance(self.picture, bool):
             fail("output", "picture", f"must be true or false, got {self.picture!r}")
         check_positive("output", "study_quiet_s", self.study_quiet_s, allow_zero=True)
@@ -140,11 +143,10 @@ class WatchConfig:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inbox", optional_path(self.inbox))
-        object.__setattr__(self, "done_dir", optional_path(self.done_dir))
-        object.__setattr__(self, "failed_dir", optional_path(self.failed_dir))
-        if isinstance(self.ignore, str) or not all(isinstance(p, str) and p for p in self.ignore):
-            fail("watch", "ignore", f"must be a list of file name patterns, got {self.ignore!r}")
+        for name in ("inbox", "done_dir", "failed_dir"):
+            object.__setattr__(self, name, optional_path("watch", name, getattr(self, name)))
+        if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(p, str) and p for p in self.ignore):
+            fail("watch", "ignore", f"must be a list of file name patterns, got {shown(self.ignore)}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
         if not isinstance(self.poll, bool):
             fail("watch", "poll", f"must be true or false, got {self.poll!r}")
@@ -186,11 +188,10 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         check_ae_title("node", "ae_title", self.ae_title)
-        if isinstance(self.allowed_calling_aets, str):
-            fail("node", "allowed_calling_aets", "must be a list of AE titles")
+        object.__setattr__(self, "allowed_calling_aets",
+                           check_text_list("node", "allowed_calling_aets", self.allowed_calling_aets))
         for aet in self.allowed_calling_aets:
             check_ae_title("node", "allowed_calling_aets", aet)
-        object.__setattr__(self, "allowed_calling_aets", tuple(self.allowed_calling_aets))
         if not isinstance(self.host, str) or not self.host:
             fail("node", "host", f"must be an address to bind to, got {self.host!r}")
         check_int("node", "port", self.port, 0)
@@ -205,8 +206,9 @@ class NodeConfig:
         check_int("node", "max_pdu", self.max_pdu, 0)
         if 0 < self.max_pdu < 4096:
             fail("node", "max_pdu", f"must be 0 (unlimited) or at least 4096, got {self.max_pdu}")
-        if isinstance(self.tls, Mapping):
-            object.__setattr__(self, "tls", _build(NodeTLSConfig, self.tls, "node.tls"))
+        if not isinstance(self.keep_inputs, bool):
+            fail("node", "keep_inputs", f"must be true or false, got {shown(self.keep_inputs)}")
+        object.__setattr__(self, "tls", sub_table(NodeTLSConfig, self.tls, "node.tls"))
 
 
 @dataclass(frozen=True)
@@ -253,14 +255,15 @@ class ForwardConfig:
         if isinstance(self.destination, str):
             object.__setattr__(self, "destination",
                                Destination.parse(self.destination) if self.destination.strip() else None)
+        elif not isinstance(self.destination, (Destination, type(None))):
+            fail("forward", "destination", f"must be AET@HOST:PORT (text), got {shown(self.destination)}")
         check_ae_title("forward", "calling_ae_title", self.calling_ae_title)
         check_positive("forward", "retry_initial_s", self.retry_initial_s)
         check_positive("forward", "retry_max_s", self.retry_max_s)
         if self.retry_max_s < self.retry_initial_s:
             fail("forward", "retry_max_s", f"{self.retry_max_s} is less than retry_initial_s {self.retry_initial_s}")
         check_positive("forward", "timeout_s", self.timeout_s)
-        if isinstance(self.tls, Mapping):
-            object.__setattr__(self, "tls", _build(ForwardTLSConfig, self.tls, "forward.tls"))
+        object.__setattr__(self, "tls", sub_table(ForwardTLSConfig, self.tls, "forward.tls"))
         finish_forward(self)  # dicomweb_url and [forward.dicomweb]
 
 
@@ -340,8 +343,12 @@ def load_config(path: str | os.PathLike[str] | None = None,
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        except OSError as exc:  # a folder, no permission, ...
+            raise ConfigError(f"config file {p} cannot be read ({exc.strerror or exc})") from None
         # Relative paths in the file are relative to the file, not to the working directory.
         data = _resolve_relative(data, p.parent.resolve())
     merged: dict[str, dict[str, Any]] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
@@ -373,8 +380,11 @@ def _resolve_relative(data: dict[str, Any], base: Path, prefix: str = "") -> dic
         if isinstance(value, dict):
             out[key] = _resolve_relative(value, base, name)
         elif (prefix, key) in _PATH_KEYS and isinstance(value, str) and value.strip():
-            path = Path(value).expanduser()
-            out[key] = str(path if path.is_absolute() else base / path)
+            try:
+                path = Path(value).expanduser()
+            except RuntimeError:  # ~name of an unknown user: the section's check names the key
+                path = Path(value)
+            out[key] = str(path if path.is_absolute() or value.startswith("~") else base / path)
         else:
             out[key] = value
     return out

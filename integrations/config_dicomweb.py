@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from medblip_dicom.integrations.config_checks import ConfigError, check_int, check_positive, fail, optional_path
+from medblip_dicom.integrations.config_checks import (
+    ConfigError, check_int, check_positive, fail, optional_path, sub_table,
+)
 
 #: The endpoint refuses bodies above this many bytes unless ``[dicomweb] max_body_bytes`` says otherwise.
 DEFAULT_MAX_BODY = 512 * 1024 * 1024
@@ -78,7 +79,7 @@ class ForwardDicomwebConfig:
     def __post_init__(self) -> None:
         s = "forward.dicomweb"
         for name in ("password_file", "token_file", "ca"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path(s, name, getattr(self, name)))
         for name in ("username", "password_env", "token_env"):
             if not isinstance(getattr(self, name), str):
                 fail(s, name, f"must be a string, got {getattr(self, name)!r}")
@@ -109,25 +110,10 @@ class ForwardDicomwebConfig:
         return read_secret("forward.dicomweb", "password_file", self.password_file, "password_env", self.password_env)
 
 
-def build_sub_table(cls: type, value: Any, section: str) -> Any:
-    """A sub-table's dataclass from its TOML mapping (unknown keys refused), or the value as given."""
-    if not isinstance(value, Mapping):
-        return value
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-    try:
-        return cls(**value)
-    except TypeError as exc:
-        raise ConfigError(f"[{section}] {exc}") from None
-
-
 def finish_forward(forward: Any) -> None:
     """``[forward]``'s DICOMweb part: build the sub-table, check the URL, refuse credentials over plain
     HTTP to another machine (called from ``ForwardConfig.__post_init__``)."""
-    object.__setattr__(forward, "dicomweb", build_sub_table(ForwardDicomwebConfig, forward.dicomweb,
-                                                            "forward.dicomweb"))
+    object.__setattr__(forward, "dicomweb", sub_table(ForwardDicomwebConfig, forward.dicomweb, "forward.dicomweb"))
     url = forward.dicomweb_url
     if not isinstance(url, str):
         fail("forward", "dicomweb_url", f"must be an http(s) URL, got {url!r}")
@@ -161,7 +147,7 @@ class DicomwebConfig:
     def __post_init__(self) -> None:
         s = "dicomweb"
         for name in ("token_file", "cert", "key"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path(s, name, getattr(self, name)))
         if not isinstance(self.host, str) or not self.host:
             fail(s, "host", f"must be an address to bind to, got {self.host!r}")
         check_int(s, "port", self.port, 0)

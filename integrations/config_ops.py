@@ -39,14 +39,15 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             fail("audit", "enabled", f"must be true or false, got {self.enabled!r}")
-        object.__setattr__(self, "path", optional_path(self.path))
-        object.__setattr__(self, "syslog_ca", optional_path(self.syslog_ca))
+        object.__setattr__(self, "path", optional_path("audit", "path", self.path))
+        object.__setattr__(self, "syslog_ca", optional_path("audit", "syslog_ca", self.syslog_ca))
         if not isinstance(self.syslog, str):
             fail("audit", "syslog", f"must be tcp://HOST:PORT or tls://HOST:PORT, got {self.syslog!r}")
         if self.syslog:
             scheme, _, rest = self.syslog.partition("://")
             host, _, port = rest.rpartition(":")
-            if scheme not in ("tcp", "tls") or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if scheme not in ("tcp", "tls") or not host or not (port.isascii() and port.isdigit()) \
+                    or not 0 < int(port) < 65536:
                 fail("audit", "syslog", f"{self.syslog!r} is not tcp://HOST:PORT or tls://HOST:PORT")
 
     def resolved_path(self, spool_dir: Path) -> Path:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from medblip_dicom.integrations.config_checks import ConfigError, check_int, check_positive, fail, optional_path
+from medblip_dicom.integrations.config_checks import check_int, check_positive, fail, optional_path, sub_table
 
 
 @dataclass(frozen=True)
@@ -18,7 +17,7 @@ class ReviewTLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("cert", "key"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path("review.tls", name, getattr(self, name)))
         if (self.cert is None) != (self.key is None):
             fail("review.tls", "cert/key", "set both the certificate and its private key, or neither")
 
@@ -55,9 +54,4 @@ class ReviewConfig:
             fail("review", "organization", "must be a text of at most 64 characters (DICOM LO)")
         check_positive("review", "session_idle_s", self.session_idle_s)
         check_int("review", "max_login_failures", self.max_login_failures, 1)
-        if isinstance(self.tls, Mapping):
-            known = {f.name for f in fields(ReviewTLSConfig)}
-            unknown = sorted(set(self.tls) - known)
-            if unknown:
-                raise ConfigError(f"[review.tls] unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-            object.__setattr__(self, "tls", ReviewTLSConfig(**self.tls))
+        object.__setattr__(self, "tls", sub_table(ReviewTLSConfig, self.tls, "review.tls"))

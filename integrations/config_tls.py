@@ -18,7 +18,7 @@ class NodeTLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("cert", "key", "client_ca"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path("node.tls", name, getattr(self, name)))
         if (self.cert is None) != (self.key is None):
             fail("node.tls", "cert/key", "set both the certificate and its private key, or neither")
         if self.client_ca is not None and self.cert is None:
@@ -39,7 +39,7 @@ class ForwardTLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("ca", "cert", "key"):
-            object.__setattr__(self, name, optional_path(getattr(self, name)))
+            object.__setattr__(self, name, optional_path("forward.tls", name, getattr(self, name)))
         if (self.cert is None) != (self.key is None):
             fail("forward.tls", "cert/key", "set both the client certificate and its key, or neither")
 

@@ -421,3 +421,186 @@ def test_a_corrupt_length_does_not_allocate_gigabytes(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak <= MAX_READ_PEAK_BYTES, f"reading 39 kB took {peak / 2**20:.0f} MiB at its peak"
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML configuration: a ConfigError naming the key, or a configuration whose values have their types
+
+def _tables() -> dict[str, dict[str, Any]]:
+    """Every section of the file with its keys; a sub-table (``[node.tls]``) as a nested dict."""
+    def keys(cls: type) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else None
+                for f in dataclasses.fields(cls)}
+    sections = {name: keys(cls) for name, cls in typing.get_type_hints(ServiceConfig).items()}
+    sections["select"].pop("rules")
+    sections["select"]["rule"] = [{f.name: None for f in dataclasses.fields(Rule)}]  # [[select.rule]]
+    return sections
+
+
+TABLES = _tables()
+_plausible = st.sampled_from(["", "auto", "cpu", "cuda:1", "127.0.0.1", "::1", "0.0.0.0", "MEDBLIP", "PACS@10.0.0.5:104",
+                              "PACS@[::1]:104", "http://127.0.0.1:8042/dicom-web", "https://user:pw@pacs/x", "tls://h:6514",
+                              "tcp://h:²", "~/x", "~nosuchuser/x", "relative/dir", "/abs/dir", "representative", "each",
+                              "caption", "skip", "CT", "1.2.840.10008.5.1.4.1.1.2", "(", "*.tmp", "float16"])
+_scalars = (st.integers(-5, 70000) | st.integers() | st.integers(10**18, 10**400) | st.floats() | st.booleans()
+            | st.text(max_size=30) | _plausible | st.datetimes() | st.dates() | st.times())
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(string.ascii_lowercase + "_", min_size=1, max_size=12), inner, max_size=3),
+                       max_leaves=8)
+
+
+@st.composite
+def config_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A document of the right shape: known sections (rarely an unknown one) holding known keys
+    (rarely unknown ones), sub-tables where the file has them, values of random types."""
+    def table(keys: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key in draw(st.lists(st.sampled_from(sorted(keys)), max_size=4, unique=True)):
+            shape = keys[key]
+            if isinstance(shape, dict) and draw(st.booleans()):
+                out[key] = table(shape)
+            elif isinstance(shape, list) and draw(st.booleans()):
+                out[key] = [table(shape[0]) for _ in range(draw(st.integers(0, 2)))]
+            else:
+                out[key] = draw(_values)
+        if draw(st.integers(0, 9)) == 0:
+            out[draw(st.text(string.ascii_lowercase, min_size=1, max_size=8))] = draw(_values)
+        return out
+    document = {name: table(TABLES[name]) for name in draw(st.lists(st.sampled_from(sorted(TABLES)), max_size=4,
+                                                                  unique=True))}
+    if draw(st.integers(0, 9)) == 0:
+        document[draw(st.text(string.ascii_lowercase, min_size=1, max_size=8))] = {}
+    return document
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    """`value` as a TOML inline value (tables inline)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + "".join(c if c >= " " and c not in '"\\\x7f' else f"\\u{ord(c):04x}" for c in value) + '"'
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else "inf" if value == math.inf else "-inf" if value == -math.inf else repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """True when `value` is of the type `hint` names (unions, tuple[X, ...], dataclasses, int as float)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_conforms(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint) and all(_conforms(getattr(value, name), h)
+                                               for name, h in typing.get_type_hints(hint).items())
+    return isinstance(value, hint)
+
+
+def _check_config_outcome(path: Path, document: dict[str, Any] | None) -> None:
+    """Load `path`: a ConfigError that names the file and a table (and, for a known section, one of
+    its keys), or a configuration whose every value has its declared type."""
+    with bounded_time("loading one configuration file"):
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            message = str(exc)
+            assert str(path) in message, f"the error does not name the file: {message}"
+            if document is not None:
+                assert "not valid TOML" not in message, f"the test wrote invalid TOML: {message}"
+                section = re.search(r"\[\[?([a-z_.]+)\]?\]|unknown section", message)
+                assert section, f"the error names no table: {message}"
+                name = (section.group(1) or "").split(".")[0]
+                if name in TABLES:
+                    keys = set(document.get(name, {})) | set(TABLES[name]) | {"cert/key"}
+                    keys |= {k for sub in document.get(name, {}).values() if isinstance(sub, dict) for k in sub}
+                    assert any(re.search(rf"\b{re.escape(k)}\b", message) for k in keys), f"no key named: {message}"
+            return
+    assert _conforms(config, ServiceConfig), f"a value does not have its type: {config}"
+
+
+@fuzz_target(ci_examples=250)
+@given(document=config_documents())
+def test_config_documents(document: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.getbasetemp() / "fuzzed-config.toml"
+    path.write_text("\n".join(f"[{_toml_key(name)}]\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n"
+                                                              for k, v in table.items())
+                              for name, table in document.items()), encoding="utf-8")
+    _check_config_outcome(path, document)
+
+
+_VALID_CONFIG = b"""[model]
+path = "model"
+[watch]
+inbox = "inbox"
+ignore = ["*.tmp", ".*"]
+[node]
+ae_title = "MEDBLIP"
+port = 11112
+allowed_calling_aets = ["PACS"]
+[forward]
+destination = "PACS@127.0.0.1:104"
+[select]
+per_series = "each"
+[[select.rule]]
+action = "skip"
+modality = ["SR"]
+[audit]
+syslog = "tcp://127.0.0.1:6514"
+"""
+
+
+@fuzz_target(ci_examples=300)
+@given(data=st.binary(max_size=300) | mutations(_VALID_CONFIG, (b"[", b"]", b"[[", b'"', b"=", b"\n", b"\\u", b"\xff",
+                                                                 b"\x00", b"~", b"1e999", b"99999999999999999999")))
+def test_config_bytes(data: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.getbasetemp() / "fuzzed-config-bytes.toml"
+    path.write_bytes(data)
+    _check_config_outcome(path, None)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[worker]\nmax_wait_s = 1" + "0" * 400, "[worker] max_wait_s: must be a finite number"),
+    ('[watch]\ninbox = "~nosuchuser-medblip/in"', "[watch] inbox: '~nosuchuser-medblip/in'"),
+    ('[audit]\nsyslog = "tcp://collector:\u00b2"', "[audit] syslog:"),
+    ('[node]\ntls = "cert.pem"', "[node.tls] must be a table"),
+    ("[node]\nkeep_inputs = 1979-05-27", "[node] keep_inputs: must be true or false"),
+    ("[forward]\ndestination = {host = \"pacs\"}", "[forward] destination: must be AET@HOST:PORT"),
+    ("[forward]\ndicomweb = [1]", "[forward.dicomweb] must be a table"),
+    ("[model]\npath = [\"a\"]", "[model] path: must be a model folder"),
+    ('[model]\ndevice = "cpu\\n"', "[model] device:"),
+    ("[spool]\ndir = 5", "[spool] dir: must be a path"),
+    ("[node]\nallowed_calling_aets = 3", "[node] allowed_calling_aets: must be a list of texts"),
+    ('[output]\ndir = "out\\u0000put"', "[output] dir:"),
+], ids=["huge number", "unknown user", "superscript port", "table as text", "date as bool", "table as destination",
+        "array as table", "list as path", "device with newline", "number as path",
+        "number as list", "NUL in path"])
+def test_the_config_names_what_the_fuzzer_broke(text: str, words: str, tmp_path: Path) -> None:
+    """Documents the configuration's fuzz targets found: each is a ConfigError naming the key."""
+    path = tmp_path / "medblip.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(path) in str(refused.value) and words in str(refused.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "medblip.toml"
+    path.write_bytes(b'[model]\npath = "mod\xe8le"\n')  # Latin-1, as an editor may save it
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(path)
