@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -252,7 +253,7 @@ class SelectConfig:
         if self.per_series not in PER_SERIES:
             raise SelectionError(f"[select] per_series: must be \"representative\" or \"each\", got {self.per_series!r}")
         quiet = self.series_quiet_s
-        if isinstance(quiet, bool) or not isinstance(quiet, (int, float)) or not math.isfinite(quiet) or quiet < 0:
+        if isinstance(quiet, bool) or not isinstance(quiet, (int, float)) or not 0 <= quiet <= sys.float_info.max:
             raise SelectionError(f"[select] series_quiet_s: must be a number >= 0, got {quiet!r}")
         if not isinstance(self.defaults, bool):
             raise SelectionError(f"[select] defaults: must be true or false, got {self.defaults!r}")

@@ -576,6 +576,7 @@ def test_config_bytes(data: bytes, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.mark.parametrize("text, words", [
     ("[worker]\nmax_wait_s = 1" + "0" * 400, "[worker] max_wait_s: must be a finite number"),
+    ("[select]\nseries_quiet_s = 1" + "0" * 400, "[select] series_quiet_s: must be a number >= 0"),
     ('[watch]\ninbox = "~nosuchuser-medblip/in"', "[watch] inbox: '~nosuchuser-medblip/in'"),
     ('[audit]\nsyslog = "tcp://collector:\u00b2"', "[audit] syslog:"),
     ('[node]\ntls = "cert.pem"', "[node.tls] must be a table"),
@@ -587,7 +588,7 @@ def test_config_bytes(data: bytes, tmp_path_factory: pytest.TempPathFactory) -> 
     ("[spool]\ndir = 5", "[spool] dir: must be a path"),
     ("[node]\nallowed_calling_aets = 3", "[node] allowed_calling_aets: must be a list of texts"),
     ('[output]\ndir = "out\\u0000put"', "[output] dir:"),
-], ids=["huge number", "unknown user", "superscript port", "table as text", "date as bool", "table as destination",
+], ids=["huge number", "huge quiet time", "unknown user", "superscript port", "table as text", "date as bool", "table as destination",
         "array as table", "list as path", "device with newline", "number as path",
         "number as list", "NUL in path"])
 def test_the_config_names_what_the_fuzzer_broke(text: str, words: str, tmp_path: Path) -> None:
