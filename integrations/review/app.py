@@ -119,9 +119,12 @@ def serve(app: FastAPI, *, host: str, port: int, cert: Path | None = None, key: 
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(cert) if cert else None,
-                            ssl_keyfile=str(key) if key else None, log_level="warning", access_log=False,
-                            proxy_headers=False)
+    from medblip_dicom.integrations.httpserve import BROWSER_LIMITS, guarded_config
+
+    # Idle and slow clients are timed out and one address holds a bounded share (httpserve).
+    config, _ = guarded_config(app, limits=BROWSER_LIMITS, host=host, port=port,
+                               ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
+                               log_level="warning", access_log=False, proxy_headers=False)
     logger.info("review station on %s://%s:%d", "https" if cert else "http", host, port)
     server = Server(config)
     server.run()
