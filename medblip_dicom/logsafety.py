@@ -20,7 +20,7 @@ message loses its quoted values and never leaks them.
 - everything from the first to the last quote character (``'`` or ``"``) of a line becomes
   ``'<value withheld>'`` (first to last, so a value that holds quotes itself is withheld whole),
   unless what was quoted is a word of the standard, which identifies no one: a UID, an attribute
-  keyword, a registered UID's name (``'Explicit VR Little Endian'``) or a VR.
+  keyword, a registered UID's name (``'Explicit VR Little Endian'``), a VR or ``'DICM'``.
 
 A value a library prints neither quoted nor in an element dump is not recognised; the attack tests
 scan every log line of the services for a corpus of hostile names to catch such a message.
@@ -58,13 +58,13 @@ _MARK = "_medblip_redacting"
 
 @lru_cache(maxsize=1)
 def _vocabulary() -> frozenset[str]:
-    """Words of the standard: attribute keywords, the names of registered UIDs, the VRs."""
+    """Words of the standard: attribute keywords, the names of registered UIDs, the VRs, the Part 10 prefix."""
     from pydicom.datadict import keyword_dict
     from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
     from pydicom.valuerep import VR
 
     return frozenset(keyword_dict) | frozenset(str(entry[0]) for entry in UID_dictionary.values()) \
-        | frozenset(vr.value for vr in VR)
+        | frozenset(vr.value for vr in VR) | {"DICM"}  # (the Part 10 file prefix)
 
 
 def _harmless(quoted: str) -> bool:

@@ -44,8 +44,12 @@ def test_folder_is_searched_recursively_and_non_images_skipped(tiny_model_dir, t
 
 
 def test_failed_file_is_named_and_exit_status_non_zero(tiny_model_dir, td, tmp_path, capsys):
-    bad = tmp_path / "broken.dcm"
-    bad.write_bytes(Path(td("CT_small.dcm")).read_bytes()[:5000])
+    bad = tmp_path / "broken.dcm"  # another instance (a SOPInstanceUID and series of its own), truncated
+    ds = pydicom.dcmread(td("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(bad, enforce_file_format=True)
+    bad.write_bytes(bad.read_bytes()[:5000])
     rc = main(["caption", td("CT_small.dcm"), str(bad), td("test-SR.dcm"), "--model", str(tiny_model_dir), "-q"])
     _, stderr = capsys.readouterr()
     assert rc == 1
