@@ -216,6 +216,27 @@ def test_hostile_names_reach_no_log_of_the_node_at_debug_in_json(tmp_path, tiny_
     assert_withheld("\n".join(line["message"] for line in lines))
 
 
+def test_a_pynetdicom_identifier_dump_keeps_its_tags_and_withholds_its_values(caplog):
+    """``medblip pull -v`` and a node at debug log pynetdicom's dumps of identifiers: every element
+    with its value in brackets, which is no quoted value."""
+    import logging
+
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import pretty_dataset
+
+    from medblip_dicom.logsafety import protect_logs
+
+    protect_logs()  # what every medblip command does first
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName, ds.PatientID, ds.OtherPatientIDs = "DOE JOHN", HOSTILE_ID, list(OTHER_IDS)
+    with caplog.at_level(logging.DEBUG, logger="pynetdicom"):
+        for line in pretty_dataset(ds):
+            logging.getLogger("pynetdicom.service_class").debug(line)
+    assert "(0010,0010) '<value withheld>'" in caplog.text and "(0010,0020) '<value withheld>'" in caplog.text
+    assert not [s for s in SECRETS if s in caplog.text]
+
+
 # -- 2. one SOPInstanceUID, one report -------------------------------------------------------------
 
 
