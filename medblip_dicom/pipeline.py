@@ -250,7 +250,9 @@ def run(sources: Iterable[DicomSource], stages: Stages, *, batch_size: int, look
         while finishing and (block or len(finishing) > lookahead or finishing[0].done()):
             yield finishing.popleft().result()
 
-    def first_of_its_uid(item: Prepared | CaptionFailure, source: DicomSource) -> Prepared | CaptionFailure | CaptionSkipped:
+    def first_of_its_uid(item: Prepared | CaptionFailure,
+                         source: DicomSource) -> Prepared | CaptionFailure | CaptionSkipped:
+        """`item` as it is, or skipped when an earlier source of the run had its SOPInstanceUID."""
         if not isinstance(item, Prepared):
             return item
         raw = source.source if isinstance(source, Annotated) else source
