@@ -182,28 +182,28 @@ class InboxWatcher:
             if FileIdentity.of(os.fstat(fin.fileno())) != read or FileIdentity.of(os.lstat(path)) != read:
                 raise InboxEntryChanged(rel, "changed while it was read: left in the inbox to be taken again")
 
-        try:
-            with open(fd, "rb", closefd=True) as fin:
+        with open(fd, "rb", closefd=True) as fin:
+            try:
                 admission = self.spool.add_stream(fin, st.st_size, origin="watch", name=rel, done_dir=self.done_dir,
                                                   failed_dir=self.failed_dir, verify=unchanged_since_opened)
-                fin.seek(0)
-                self.telemetry.file_taken(fin)  # the audit reads the file that was taken, not the name
-        except InboxEntryChanged as exc:
-            logger.info("an inbox file %s", exc.reason)
-            self.notice(path)
-            return False
-        except SpoolFullError as exc:
-            if not self._full_logged:
-                logger.warning("%s; inputs wait in the inbox", exc)
-                self._full_logged = True
-            return False
-        except FileNotFoundError:  # removed by its sender while it was read
-            self._forget(path)
-            return True
-        except OSError as exc:
-            logger.warning("cannot take an inbox file yet (%s: %s)", type(exc).__name__, exc.strerror or exc)
-            self.notice(path)
-            return False
+            except InboxEntryChanged as exc:
+                logger.info("an inbox file %s", exc.reason)
+                self.notice(path)
+                return False
+            except SpoolFullError as exc:
+                if not self._full_logged:
+                    logger.warning("%s; inputs wait in the inbox", exc)
+                    self._full_logged = True
+                return False
+            except FileNotFoundError:  # removed by its sender while it was read
+                self._forget(path)
+                return True
+            except OSError as exc:
+                logger.warning("cannot take an inbox file yet (%s: %s)", type(exc).__name__, exc.strerror or exc)
+                self.notice(path)
+                return False
+            fin.seek(0)
+            self.telemetry.file_taken(fin)  # the audit reads the file that was taken, not its name again
         self._full_logged = False
         self.taken += 1
         logger.debug("took an inbox file as job %d (%s)", admission.job_id, admission.state.value)

@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pydicom
@@ -260,6 +261,14 @@ def test_a_writer_pausing_longer_than_settle_s_loses_nothing(tmp_path, td, run_s
     assert captioned_uids(out) == {uid_of(source)} and len(list(out.glob("*.dcm"))) == 1
     assert [j.state for j in service.spool.jobs()] == [JobState.DELIVERED]
     assert not (inbox / "failed").exists() or regular_files(inbox / "failed") == []
+    # The audit trail read the file that was taken (from its open descriptor): one transfer, its study.
+    audit = [ET.fromstring(line) for line in (Path(config.spool.dir) / "audit.xml").read_text().splitlines()]
+    received = [m for m in audit if m.find("EventIdentification/EventID").get("csd_code") == "110104"
+                and m.find("EventIdentification").get("EventActionCode") == "C"]
+    assert len(received) == 1
+    objects = {o.get("ParticipantObjectTypeCode"): o.get("ParticipantObjectID")
+               for o in received[0].findall("ParticipantObjectIdentification")}
+    assert objects["2"] == str(pydicom.dcmread(source).StudyInstanceUID)
 
 
 @pytest.mark.parametrize("how", ["in-place", "by-rename"])
