@@ -39,7 +39,7 @@ def test_pool_outcomes_equal_the_threaded_pipeline(captioner, td, tmp_path):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\x00" * 300)
     sources = [td("CT_small.dcm"), str(junk), td("MR_small.dcm"), td("rtplan.dcm"), td("US1_UNCR.dcm"),
-               td("RG3_J2KR.dcm"), td("MR_small_RLE.dcm")]
+               td("RG3_J2KR.dcm"), td("SC_rgb_rle.dcm")]  # (MR_small_RLE is MR_small's SOPInstanceUID: a Duplicate)
     threaded = list(caption_dicoms(sources, model=captioner, batch_size=2, output_dir=tmp_path / "threads"))
     with CpuPool(captioner, processes=2) as pool:
         pool.warm_up()
