@@ -250,15 +250,16 @@ def _with_transfer_syntax(ds: Dataset, label: str, *, owned: bool) -> Dataset:
 def check_image(ds: Dataset, label: str) -> None:
     """Raise unless `ds` is an image instance that :mod:`medblip_dicom.pixels` can turn into a picture."""
     meta = getattr(ds, "file_meta", None)
-    media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
-    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        raise NotAnImageError(label, "is a DICOMDIR (media directory), not an image; caption the files it lists")
-
     try:
+        media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
         sop_class = ds.get("SOPClassUID") or media_class
         has_pixels = "PixelData" in ds
     except Exception as exc:  # noqa: BLE001 - corrupt element values surface lazily
         raise InvalidDicomError(label, f"corrupt data element ({exc})") from None
+    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise NotAnImageError(label, "is a DICOMDIR (media directory), not an image; caption the files it lists")
+    if sop_class is not None and not isinstance(sop_class, str):  # several values (a backslash in the UID)
+        raise InvalidDicomError(label, f"(0008,0016) SOPClassUID holds {len(sop_class)} UIDs; an instance has one")
 
     if not has_pixels:
         missing = [keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if keyword not in ds]
