@@ -16,7 +16,9 @@ message loses its quoted values and never leaks them.
 
 :func:`redact` keeps a message's shape and replaces its values, line by line:
 
-- a DICOM element dump (a line starting with a tag, ``(gggg,eeee)``) keeps the tag only;
+- a DICOM element line (starting with a tag, ``(gggg,eeee)``) whose quoted or bracketed value follows
+  only a keyword or a VR keeps those words and what follows the value, which is withheld; any
+  other element line (a bare value may hide among its words) keeps the tag only;
 - everything from the first to the last quote character (``'`` or ``"``) of a line becomes
   ``'<value withheld>'`` (first to last, so a value that holds quotes itself is withheld whole),
   unless what was quoted is a word of the standard, which identifies no one: a UID, an attribute
@@ -77,7 +79,16 @@ def redact_line(line: str) -> str:
     """One line with its values withheld (see the module docstring)."""
     tag = _TAG_LINE.match(line)
     if tag is not None and tag.group(2).strip():
-        return f"{tag.group(1)} {WITHHELD}"
+        # An element: its value is quoted ('...'), bracketed ([...], pynetdicom's dumps) or bare.
+        # A quoted or bracketed value after nothing but a keyword or VR is withheld and the words
+        # around it kept; otherwise a bare value may be among the words, so only the tag is kept.
+        rest = tag.group(2)
+        first = min((i for i in (rest.find("'"), rest.find('"'), rest.find("[")) if i >= 0), default=-1)
+        last = max(rest.rfind("'"), rest.rfind('"'), rest.rfind("]"))
+        words = rest[:first].replace(":", " ").split() if first >= 0 else []
+        if first < 0 or last <= first or not all(word in _vocabulary() for word in words):
+            return f"{tag.group(1)} {WITHHELD}"
+        return f"{tag.group(1)}{rest[:first]}{WITHHELD}{rest[last + 1:]}"
     first = min((i for i in (line.find("'"), line.find('"')) if i >= 0), default=-1)
     last = max(line.rfind("'"), line.rfind('"'))
     if first < 0 or last <= first or _harmless(line[first + 1:last]):

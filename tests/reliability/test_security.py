@@ -168,7 +168,7 @@ def test_crafted_uids_cannot_write_outside_the_folders(tmp_path: Path, tiny_mode
     rows = journal_rows(spool)
     crafted = [r for r in rows if r["name"] != f"{good_uid(good)}.dcm"]
     assert all(r["state"] == "failed" for r in crafted), [(r["name"][:80], r["state"], r["reason"]) for r in crafted]
-    assert all("not a valid DICOM UID" in r["reason"] for r in crafted)
+    assert all("not a valid DICOM UID" in r["reason"] for r in crafted), [r["reason"][:200] for r in crafted]
     for r in crafted:  # quarantined inside the spool's or the inbox's failed/ folder, with a reason
         final = Path(r["final_path"]).resolve()
         assert any(f in final.parents for f in ((spool / "failed").resolve(), (inbox / "failed").resolve())), final
