@@ -256,7 +256,7 @@ def _parse(boundary: bytes, body: bytes, sizes: list[int], limit: int) -> list[t
     return out
 
 
-@fuzz_target(ci_examples=300)
+@fuzz_target(ci_examples=400)
 @given(case=multipart_bodies(), sizes=st.lists(st.integers(1, 64) | st.integers(1, 5000), min_size=1, max_size=8),
        limit=st.none() | st.integers(1, 4096))
 def test_multipart_parser(case: tuple[bytes, bytes, list[bytes] | None], sizes: list[int], limit: int | None) -> None:
@@ -351,21 +351,22 @@ def mutated_dicom(draw: st.DrawFn) -> tuple[str, bytes]:
                                              b"\xfe\xff\xdd\xe0", b"OB\x00\x00", b"SQ\x00\x00", b"UN\x00\x00")))
 
 
-@fuzz_target(ci_examples=150)
-@given(case=mutated_dicom())
-def test_dicom_reader(case: tuple[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> None:
+@fuzz_target(ci_examples=250)
+@given(case=mutated_dicom(), from_bytes=st.booleans())
+def test_dicom_reader(case: tuple[str, bytes], from_bytes: bool, tmp_path_factory: pytest.TempPathFactory) -> None:
     name, data = case
     path = tmp_path_factory.getbasetemp() / f"fuzzed-{name}"
     path.write_bytes(data)
+    source, label = (data, f"<{len(data)} bytes>") if from_bytes else (path, str(path))
     tracemalloc.start()
     try:
         with bounded_time(f"reading {name}"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = read_image(path)
+            found = read_image(source)
             image = dataset_to_image(found.dataset, label=found.label)
         assert image.mode == "RGB" and image.size == (int(found.dataset.Columns), int(found.dataset.Rows))
     except MedblipError as exc:
-        assert str(path) in str(exc), f"the error does not name the file: {exc}"
+        assert label in str(exc), f"the error does not name the source: {exc}"
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -545,7 +546,7 @@ def _check_config_outcome(path: Path, document: dict[str, Any] | None) -> None:
     assert _conforms(config, ServiceConfig), f"a value does not have its type: {config}"
 
 
-@fuzz_target(ci_examples=250)
+@fuzz_target(ci_examples=300)
 @given(document=config_documents())
 def test_config_documents(document: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.getbasetemp() / "fuzzed-config.toml"
@@ -576,7 +577,7 @@ syslog = "tcp://127.0.0.1:6514"
 """
 
 
-@fuzz_target(ci_examples=300)
+@fuzz_target(ci_examples=600)
 @given(data=st.binary(max_size=300) | mutations(_VALID_CONFIG, (b"[", b"]", b"[[", b'"', b"=", b"\n", b"\\u", b"\xff",
                                                                  b"\x00", b"~", b"1e999", b"99999999999999999999")))
 def test_config_bytes(data: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -682,7 +683,7 @@ def api_requests(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@fuzz_target(ci_examples=120)
+@fuzz_target(ci_examples=200)
 @given(request=api_requests())
 def test_review_api(request: dict[str, Any], client: Any) -> None:
     from urllib.parse import quote
