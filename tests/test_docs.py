@@ -33,7 +33,7 @@ _LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def markdown_files() -> list[Path]:
-    return [README, *sorted(DOCS.rglob("*.md"))]
+    return [README, ROOT / "SECURITY.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def relative_links(path: Path) -> list[str]:
