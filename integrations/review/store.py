@@ -215,8 +215,11 @@ class ReviewStore:
                 return self._signature(dict(current), created=False)
             seen = predecessor or ai_uid
             head = item["current_uid"] or ai_uid
+            if seen != head and current is None:
+                raise ReviewConflict(f"the version given as predecessor ({seen}) is not this report's current version "
+                                     "(nobody has signed it yet); reload it and sign again")
             if seen != head:
-                raise ReviewConflict(f"{current['username'] if current else 'someone'} signed this report meanwhile "
+                raise ReviewConflict(f"{current['username']} signed this report meanwhile "
                                      f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(current['signed_at']))}); "
                                      "reload it to see the signed text, and sign again to amend it")
             ai_sr = self._ai_report(item, "amended" if current is not None else "signed")
