@@ -41,8 +41,8 @@ def make_reports(folder: Path, n: int) -> list[Path]:
 def bench_forward(n: int, folder: Path) -> None:
     from pynetdicom.sop_class import EnhancedSRStorage
 
-    from medblip_dicom.integrations.config import Destination
-    from medblip_dicom.integrations.forward import ForwardClient
+    from medblip_dicom.integrations.config.file import Destination
+    from medblip_dicom.integrations.delivery.sinks.dicom import ForwardClient
 
     storescp = shutil.which("storescp")
     if storescp is None:
@@ -86,8 +86,8 @@ def bench_forward(n: int, folder: Path) -> None:
 
 
 def bench_ingest(n: int, folder: Path) -> None:
-    from medblip_dicom.integrations.config import NodeConfig
-    from medblip_dicom.integrations.node import StorageNode
+    from medblip_dicom.integrations.config.file import NodeConfig
+    from medblip_dicom.integrations.ingest.node import StorageNode
     from medblip_dicom.integrations.spool import Spool
 
     dcmsend = shutil.which("dcmsend")

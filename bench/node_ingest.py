@@ -115,8 +115,8 @@ def run_storescp(inputs: Path, out: Path, n: int, streams: int = 1) -> float:
 
 def run_bare_listener(inputs: Path, work: Path, *, spool_only: bool, streams: int = 1) -> tuple[float, float]:
     """The node's listener alone: spooling each instance (`spool_only`), or answering at once."""
-    from medblip_dicom.integrations.config import config_from_dict
-    from medblip_dicom.integrations.node import StorageNode
+    from medblip_dicom.integrations.config.file import config_from_dict
+    from medblip_dicom.integrations.ingest.node import StorageNode
     from medblip_dicom.integrations.spool import Spool
 
     class AnswerAtOnce(StorageNode):
@@ -139,8 +139,8 @@ def run_bare_listener(inputs: Path, work: Path, *, spool_only: bool, streams: in
 def run_node(inputs: Path, work: Path, n: int, streams: int, *, model: Path,
              listeners: int = 1) -> tuple[float, list[float]]:
     from medblip_dicom.training.demo_model import build_blip_model
-    from medblip_dicom.integrations.config import config_from_dict
-    from medblip_dicom.integrations.service import Service
+    from medblip_dicom.integrations.config.file import config_from_dict
+    from medblip_dicom.integrations.service.assembly import Service
     from medblip_dicom.integrations.spool import JobState
 
     if not model.exists():

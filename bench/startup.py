@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = ["--model", str(model), "--num-beams", "3", "--max-new-tokens", "20", "--min-new-tokens", "20",
                  "--no-repeat-ngram-size", "0", "-q"]
         # The re-issued copies share their template's series: caption every one, as the bare script
-        # does (selection, issue 12, would caption one per series), where the code has the flag.
+        # does (selection would caption one per series), where the code has the flag.
         each = ["--per-series", "each"] if _has_per_series(new_env, work) else []
         try:
             rows, times = [], {}

@@ -1,13 +1,13 @@
-"""Deployment, installed as ``medblip_dicom.integrations``: a watch folder and a DICOM node on one
-durable spool, reports out to a folder and/or a PACS.
+"""Deployment, installed as ``medblip_dicom.integrations``: the services around the library.
 
-Modules, one job each: :mod:`.config` (the TOML file), :mod:`.spool` (the durable queue: journal,
-files, owners, recovery), :mod:`.worker` (batched captioning through
-:func:`medblip_dicom.api.caption_dicoms`), :mod:`.workerproc` (the worker in a process of its own)
-and :mod:`.doorbell` (its wake-up signals), :mod:`.watch` and :mod:`.settle` (watch folder),
-:mod:`.node` (Storage SCP), :mod:`.forward` (Storage SCU), :mod:`.pynetdicom_compat` (pynetdicom's
-private hooks, checked), :mod:`.delivery` (sinks, retries, study quiet time), :mod:`.picture`
-(Secondary Capture), :mod:`.components` (parts built from the configuration), :mod:`.service`
-(wiring), :mod:`.status`. The command line is in :mod:`medblip_dicom.apps.services`. Nothing here
-is imported by ``import medblip_dicom``.
+One room per job, imported in one direction. The base rooms, each using only those before it:
+:mod:`.config` (the TOML file), :mod:`.net` (pynetdicom's private hooks, the guarded HTTP server),
+:mod:`.spool` (the durable queue every producer feeds) and :mod:`.ops` (metrics, audit trail,
+health, status). Then the peer rooms, which use the base rooms and never each other:
+:mod:`.ingest` (watch folder, DICOM node, STOW-RS endpoint), :mod:`.worker` (jobs to reports),
+:mod:`.delivery` (reports out, to the folder and the sinks), :mod:`.review` (the review station)
+and :mod:`.batch` (Ray Data). On top, the assemblies, which may use any room: :mod:`.service`
+(the services) and :mod:`.pull` (``medblip pull``). ``tests/test_architecture.py`` holds these
+rules. The command line is in :mod:`medblip_dicom.apps`; nothing here is imported by
+``import medblip_dicom``.
 """

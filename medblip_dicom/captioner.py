@@ -9,7 +9,7 @@ holds the resize and normalisation used in training, so inference normalises the
 Device ``auto`` picks CUDA, then Apple MPS, then the CPU. Dtype ``auto`` picks bfloat16 on a GPU
 that supports it (else float16), float16 on MPS, and on the CPU bfloat16 when the processor has
 native bf16 instructions (AVX512-BF16 or AMX), else float32. A reduced precision casts the weights
-themselves, on the CPU too (autocast would re-cast them at every call; the README and
+themselves, on the CPU too (autocast would re-cast them at every call; the data-flow page and
 bench/RESULTS.md give the measured difference). Generation is greedy or beam search (never
 sampling), so the same picture gives the same caption on the same machine and precision.
 

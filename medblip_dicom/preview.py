@@ -1,7 +1,7 @@
 """The picture a person looks at: the windowed image the model saw, its caption beneath.
 
 Used by ``medblip caption --preview`` (a PNG beside the SRs), the quickstart, and the services'
-optional Secondary Capture (``medblip_dicom.integrations.picture``), so all show the same thing:
+optional Secondary Capture (``medblip_dicom.secondary_capture``), so all show the same thing:
 the frame after the core's pixel path, scaled to a readable width, a black band below with the
 caption in white and the notice "machine-generated, UNVERIFIED, not for diagnosis" in amber.
 """

@@ -1,6 +1,6 @@
 """Read a DICOM source (path, bytes or pydicom ``Dataset``) and check that it is an image.
 
-This is the first step of the one data flow (see the README's architecture section): it turns
+This is the first step of the one data flow (see docs/data-flow.md): it turns
 whatever the caller has into a :class:`pydicom.Dataset` plus a human-readable *label* used in
 every error message and log line, and it refuses, with a :class:`~medblip_dicom.errors.DicomReadError`
 that names the file and the reason, everything that cannot become a caption: non-DICOM files,

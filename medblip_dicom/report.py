@@ -1,6 +1,6 @@
 """Build the caption's DICOM Comprehensive SR (TID 2000) with highdicom, and write it atomically.
 
-The report contract (README, "The Structured Report"):
+The report contract (docs/sr-contract.md):
 
 - Comprehensive SR Storage, explicit VR little endian; same Patient and Study as the source, a
   new Series (Modality SR) shared by all reports on one source series from one model.

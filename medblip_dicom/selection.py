@@ -22,7 +22,7 @@ is decoded:
 
 :func:`plan` applies both to a complete set (a folder, a list); the services apply the same
 functions to a series once it has been quiet for ``series_quiet_s``
-(:mod:`medblip_dicom.integrations.selector`).
+(:mod:`medblip_dicom.integrations.worker.series_hold`).
 """
 
 from __future__ import annotations

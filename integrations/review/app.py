@@ -119,7 +119,7 @@ def serve(app: FastAPI, *, host: str, port: int, cert: Path | None = None, key: 
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    from medblip_dicom.integrations.httpserve import BROWSER_LIMITS, guarded_config
+    from medblip_dicom.integrations.net.httpserve import BROWSER_LIMITS, guarded_config
 
     # Idle and slow clients are timed out and one address holds a bounded share (httpserve).
     config, _ = guarded_config(app, limits=BROWSER_LIMITS, host=host, port=port,

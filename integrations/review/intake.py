@@ -1,6 +1,6 @@
 """Delivery hands every AI report to the review before it goes out (``[review] enabled``).
 
-:class:`ReviewIntake` is called by :class:`~medblip_dicom.integrations.delivery.Delivery` for each
+:class:`ReviewIntake` is called by :class:`~medblip_dicom.integrations.delivery.loop.Delivery` for each
 group of claimed jobs. For each job that carries an AI report (not the review's own documents,
 ``origin = "review"``) it keeps the source and the report under ``SPOOL/review/items/`` (a hard
 link: the bytes stay once on disk) and records a review item; the job then follows the spool's

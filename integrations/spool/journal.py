@@ -235,7 +235,7 @@ class Journal(LockedConnection):
                     out.append((int(job_id), JobState.RECEIVED.value, int(attempts)))
         return out
 
-    # -- selection (see medblip_dicom.integrations.selector) ------------------------------------
+    # -- selection (see medblip_dicom.integrations.worker.series_hold) ------------------------------------
 
     def unselected(self) -> list[Job]:
         """Received jobs that selection has not decided on yet, oldest first."""

@@ -19,7 +19,7 @@ SOPInstanceUID, one report); either is recorded as ``skipped`` (``Duplicate``), 
 
 The two *doorbells* (``received``: work for the worker; ``reported``: work for delivery) are
 passed in: ``threading.Event`` by default, process-shared
-:class:`~medblip_dicom.integrations.doorbell.Doorbell` pipes when the worker runs in a process of
+:class:`~medblip_dicom.integrations.spool.doorbell.Doorbell` pipes when the worker runs in a process of
 its own.
 """
 
@@ -272,7 +272,7 @@ class Spool:
 
     def select(self, job_ids: Sequence[int]) -> None:
         """Selection let these received jobs through: the worker may claim them
-        (:mod:`medblip_dicom.integrations.selector` decides; this is its simplest verdict)."""
+        (:mod:`medblip_dicom.integrations.worker.series_hold` decides; this is its simplest verdict)."""
         self.journal.select(job_ids)
         if job_ids:
             self.received_event.set()

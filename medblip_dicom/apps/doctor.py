@@ -137,7 +137,7 @@ def check_port(host: str, port: int) -> list[Finding]:
 def check_dicomweb(url: str, settings: object = None) -> list[Finding]:
     """Whether the configured STOW-RS destination ([forward] dicomweb_url) answers a QIDO-RS query."""
     from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.dicomweb.probe import probe
+    from medblip_dicom.integrations.delivery.sinks.probe import probe
 
     try:
         answers, words = probe(url, settings)  # type: ignore[arg-type]
@@ -190,7 +190,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     forward = None
     if args.config is not None:
         try:
-            from medblip_dicom.integrations.config import load_config
+            from medblip_dicom.integrations.config.file import load_config
 
             config = load_config(args.config)
             host, port, forward = config.node.host, config.node.port, config.forward

@@ -3,7 +3,7 @@
 QIDO-RS finds the instances, WADO-RS retrieves them, the pipeline captions them (selection rules
 apply) and the SRs go back by STOW-RS (``--to``, default the server pulled from) and/or into
 ``--out``. ``--query KEY=VALUE`` captions every study a query finds. The work is done by
-:mod:`medblip_dicom.integrations.dicomweb.pull`; exit codes as ``medblip caption``.
+:mod:`medblip_dicom.integrations.pull.dicomweb`; exit codes as ``medblip caption``.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     from medblip_dicom.apps.caption import _select_config
     from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.config_dicomweb import ForwardDicomwebConfig, check_url
-    from medblip_dicom.integrations.dicomweb.pull import Puller, ServerUnavailable, parse_query
-    from medblip_dicom.integrations.dicomweb.stow_client import StowClient
+    from medblip_dicom.integrations.config.dicomweb import ForwardDicomwebConfig, check_url
+    from medblip_dicom.integrations.pull.dicomweb import Puller, ServerUnavailable, parse_query
+    from medblip_dicom.integrations.delivery.sinks.dicomweb import StowClient
 
     if args.series and not args.study:
         say_error("pull", "--series needs --study")

@@ -122,7 +122,7 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from medblip_dicom.integrations.config import load_config
+    from medblip_dicom.integrations.config.file import load_config
 
     return load_config(getattr(args, "config", None), {
         "spool": {"dir": getattr(args, "spool", None)},

@@ -2,7 +2,7 @@
 
 Thin handlers over :mod:`medblip_dicom.integrations`: each reads the configuration, checks that the
 packages it needs import (before any model is loaded) and runs a
-:class:`~medblip_dicom.integrations.service.Service`. Nothing heavy is imported at module level.
+:class:`~medblip_dicom.integrations.service.assembly.Service`. Nothing heavy is imported at module level.
 Exit codes as in :mod:`medblip_dicom.apps.common`: a configuration that cannot work (or a model
 that does not load) is 2; a runtime error such as a port in use or a full disk is 1.
 """
@@ -161,8 +161,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _cannot_start() -> tuple[type[BaseException], ...]:
     """Errors meaning the service cannot run as configured (exit 2), not that it failed at work (exit 1)."""
     from medblip_dicom.errors import MissingDependencyError, ModelLoadError
-    from medblip_dicom.integrations.config import ConfigError
-    from medblip_dicom.integrations.workerproc import WorkerStartError
+    from medblip_dicom.integrations.config.file import ConfigError
+    from medblip_dicom.integrations.service.worker_process import WorkerStartError
 
     return (ConfigError, ModelLoadError, MissingDependencyError, WorkerStartError)
 
@@ -170,7 +170,7 @@ def _cannot_start() -> tuple[type[BaseException], ...]:
 def _load(name: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> Any:
     """The configuration from --config and the flags; None (after saying why) when it cannot work."""
     from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.config import load_config
+    from medblip_dicom.integrations.config.file import load_config
 
     overrides = _overrides(args)
     overrides.update(extra)
@@ -183,7 +183,7 @@ def _load(name: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]])
 
 def _run_service(name: str, config: Any, *, watch: bool, node: bool, stop: threading.Event | None = None) -> int:
     from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.service import Service
+    from medblip_dicom.integrations.service.assembly import Service
 
     try:
         service = Service(config, watch=watch, node=node)
@@ -220,7 +220,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return _run_service("watch", config, watch=True, node=False)
 
     from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.service import Service
+    from medblip_dicom.integrations.service.assembly import Service
 
     if not config.watch.inbox.is_dir():
         say_error("watch", f"{config.watch.inbox} is not a folder")
@@ -253,9 +253,9 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Run ``medblip status``: exit 2 when the folder given is not a spool."""
     from medblip_dicom.errors import MedblipError
-    from medblip_dicom.integrations.config import load_config
+    from medblip_dicom.integrations.config.file import load_config
     from medblip_dicom.integrations.spool import open_readonly_summary
-    from medblip_dicom.integrations.status import format_json, format_summary
+    from medblip_dicom.integrations.ops.status import format_json, format_summary
 
     try:
         spool = args.spool or load_config(args.config).spool.dir

@@ -97,7 +97,7 @@ def test_a_port_in_use_is_a_runtime_failure_not_a_usage_error(tiny_model_dir, tm
 
 
 def test_the_default_spool_is_in_the_state_directory_never_the_working_directory(tmp_path, monkeypatch, capsys):
-    from medblip_dicom.integrations.config import default_spool_dir, load_config
+    from medblip_dicom.integrations.config.file import default_spool_dir, load_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))

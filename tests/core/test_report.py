@@ -1,4 +1,4 @@
-"""The Structured Report: the contract of the README, checked on the written file."""
+"""The Structured Report: the contract of docs/sr-contract.md, checked on the written file."""
 
 from __future__ import annotations
 

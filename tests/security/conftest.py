@@ -6,7 +6,7 @@ or a reviewer's keyboard would: 127.0.0.1 only, bounded loops, every process it 
 
 from __future__ import annotations
 
-from tests.review.conftest import client, review_spool  # noqa: F401 - fixtures
+from tests.support.review import client, review_spool  # noqa: F401 - fixtures
 from tests.support.fixtures import (  # noqa: F401 - fixtures
     dciodvfy, figures, no_leaked_threads, orthanc_factory, run_service, services, weights_sha256,
 )

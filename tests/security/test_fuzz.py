@@ -45,9 +45,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 
 from medblip_dicom.errors import MedblipError
-from medblip_dicom.integrations.config import ServiceConfig, load_config
-from medblip_dicom.integrations.config_checks import ConfigError
-from medblip_dicom.integrations.dicomweb.multipart import (
+from medblip_dicom.integrations.config.file import ServiceConfig, load_config
+from medblip_dicom.integrations.config.checks import ConfigError
+from medblip_dicom.integrations.ingest.stow.multipart import (
     MAX_HEADER_BYTES, MAX_PADDING_BYTES, MAX_PARTS, BodyTooLarge, MultipartError, MultipartParser,
     UnsupportedMediaType, stow_boundary,
 )
@@ -55,7 +55,7 @@ from medblip_dicom.pixels import dataset_to_image
 from medblip_dicom.reading import read_image
 from medblip_dicom.selection import Rule
 
-from tests.review.conftest import api_token
+from tests.support.review import api_token
 
 # ---------------------------------------------------------------------------------------------
 # The harness: CI settings, or a timed run that counts (bench/fuzz.py)

@@ -34,7 +34,7 @@ import pytest
 
 from medblip_dicom.apps.main import main
 
-from tests.review.conftest import PASSWORD, csrf_of, login
+from tests.support.review import PASSWORD, csrf_of, login
 from tests.support.env import free_port, wait_for
 from tests.support.services import ServiceProcess, write_toml
 

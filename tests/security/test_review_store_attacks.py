@@ -29,7 +29,7 @@ from medblip_dicom.integrations.review.app import create_app
 from medblip_dicom.integrations.review.signing import Reviewer
 from medblip_dicom.integrations.review.store import ReviewStore
 
-from tests.review.conftest import api_token, csrf_of, login
+from tests.support.review import api_token, csrf_of, login
 from tests.support.env import wait_for
 
 ALICE = Reviewer("alice", "Doe^Alice", "Test Hospital")

@@ -27,8 +27,8 @@ from tests.support.dicom import reissued
 from tests.support.env import free_port, wait_for
 from tests.support.services import make_config
 
-from medblip_dicom.integrations.dicomweb.endpoint import LIMITS
-from medblip_dicom.integrations.httpserve import ConnectionGuard, RequestLimit, ServeLimits, guarded_config
+from medblip_dicom.integrations.ingest.stow.endpoint import LIMITS
+from medblip_dicom.integrations.net.httpserve import ConnectionGuard, RequestLimit, ServeLimits, guarded_config
 
 TOKEN = "the-right-token"
 BOUNDARY = "attack-boundary"
@@ -328,13 +328,13 @@ def test_uvicorn_private_classes_are_used_in_httpserve_only():
     root = Path(__file__).resolve().parents[2]
     users = sorted(str(p.relative_to(root)) for folder in ("medblip_dicom", "integrations", "training")
                    for p in (root / folder).rglob("*.py") if "h11_impl" in p.read_text())
-    assert users == ["integrations/httpserve.py"], users
+    assert users == ["integrations/net/httpserve.py"], users
 
 
 def test_uvicorn_still_has_what_the_guard_relies_on():
     import uvicorn
 
-    from medblip_dicom.integrations import httpserve
+    from medblip_dicom.integrations.net import httpserve
 
     httpserve.check.cache_clear()
     httpserve.check()  # raises, naming each missing hook, on a release that moved them
@@ -345,7 +345,7 @@ def test_a_uvicorn_without_a_hook_is_named(monkeypatch):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     from medblip_dicom.errors import MissingDependencyError
-    from medblip_dicom.integrations import httpserve
+    from medblip_dicom.integrations.net import httpserve
 
     monkeypatch.delattr(H11Protocol, "on_response_complete")
     httpserve.check.cache_clear()

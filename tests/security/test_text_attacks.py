@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from medblip_dicom.report_view import CaptionReport, content_items
 
-from tests.review.conftest import PASSWORD, csrf_of, login
+from tests.support.review import PASSWORD, csrf_of, login
 from tests.support.dicom import dciodvfy_errors
 
 #: What the security review signed: symbols, Latin-1, Greek and CJK in one finding.
@@ -177,7 +177,7 @@ def test_the_secondary_capture_holds_the_caption_as_the_sr_does(td, tmp_path):
     from medblip_dicom.pixels import dataset_to_image
     from medblip_dicom.report import build_report
 
-    from medblip_dicom.integrations.picture import build_picture
+    from medblip_dicom.secondary_capture import build_picture
 
     source = pydicom.dcmread(td("CT_small.dcm"))
     identity = ModelIdentity("tiny-blip", "v1.0", "ab" * 32, "test")

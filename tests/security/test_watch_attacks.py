@@ -25,7 +25,7 @@ from tests.support.privacy import PATIENT_ID, PATIENT_NAME
 from tests.support.services import make_config, service_config
 
 from medblip_dicom.integrations.spool import JobState, Spool
-from medblip_dicom.integrations.watch import InboxWatcher
+from medblip_dicom.integrations.ingest.watch import InboxWatcher
 
 #: Settle time of the slow-writer test and the writer's pause: the pause is longer than the settle time.
 SETTLE_S = 2.0
@@ -306,7 +306,7 @@ def test_a_file_rewritten_while_it_is_read_is_left_to_be_taken_again(tmp_path, t
 
 @pytest.mark.parametrize("folder", ["done", "failed"])
 def test_a_link_planted_as_the_done_or_failed_folder_stops_the_watcher_from_starting(tmp_path, folder):
-    from medblip_dicom.integrations.config_checks import ConfigError
+    from medblip_dicom.integrations.config.checks import ConfigError
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-#: Scale of the tests when MEDBLIP_RELIABILITY_SCALE is not set (1.0 = the numbers of issue 5).
+#: Scale of the tests when MEDBLIP_RELIABILITY_SCALE is not set (1.0 = the full-size figures the reliability page states).
 DEFAULT_SCALE = 0.2
 
 

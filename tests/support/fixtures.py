@@ -98,7 +98,7 @@ def mixed_study(tmp_path_factory: pytest.TempPathFactory, td) -> tuple[str, list
 @pytest.fixture
 def run_service(captioner) -> Iterator[Callable[..., Any]]:
     """Start Services with the session's tiny captioner; every one is stopped in teardown."""
-    from medblip_dicom.integrations.service import Service
+    from medblip_dicom.integrations.service.assembly import Service
 
     started: list[Service] = []
 

@@ -21,7 +21,7 @@ from tests.support.env import wait_for
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]):
     """A ServiceConfig with the spool in tmp_path, small timings for tests, and `sections` laid on top."""
-    from medblip_dicom.integrations.config import config_from_dict
+    from medblip_dicom.integrations.config.file import config_from_dict
 
     data: dict[str, dict[str, Any]] = {
         "model": {"path": "unused-a-captioner-is-passed", "device": "cpu"},
