@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, say_error
+from medblip_dicom.apps.options import (
+    add_frame, add_generation, add_model, add_selection, generation_keywords, generation_settings, iter_inputs,
+    select_config,
+)
 
 BATCH_EXAMPLE = """\
 examples:
@@ -40,14 +44,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         epilog=BATCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmd.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, files, or .csv/.jsonl/.parquet manifests")
-    cmd.add_argument("--model", "-m", required=True, help="BLIP model directory (save_pretrained) or a cached hub id; "
-                     "every Ray worker must be able to read it")
+    add_model(cmd, note="every Ray worker must be able to read it; each caption actor runs it on --device")
     cmd.add_argument("--out", "-o", type=Path, required=True, help="folder for the SR files (shared by all workers)")
     cmd.add_argument("--results", type=Path, default=None, help="results table (.parquet or .csv; "
                      "default OUT/results.parquet)")
     cmd.add_argument("--ray-address", default=None, metavar="ADDR",
                      help="join a Ray cluster: auto, or the head's HOST:PORT (default: start a local Ray)")
-    cmd.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
     cmd.add_argument("--num-gpus-per-worker", type=float, default=0.0, metavar="G",
                      help="GPUs per caption actor (default 0: CPU); one actor per G GPUs of the cluster")
     cmd.add_argument("--caption-workers", type=int, default=None, metavar="N",
@@ -56,17 +58,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                      help="CPUs (torch threads) per caption actor (default 1 with a GPU, else half the CPUs)")
     cmd.add_argument("--prepare-workers", type=int, default=None, metavar="N",
                      help="parallel prepare tasks (read, decode, window; default: the CPUs left)")
-    cmd.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps, in each actor")
-    cmd.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    cmd.add_argument("--num-beams", type=int, default=3, help="beam search width; 1 = greedy (default 3)")
-    cmd.add_argument("--max-new-tokens", type=int, default=60, help="longest caption in tokens (default 60)")
-    cmd.add_argument("--min-new-tokens", type=int, default=5, help="shortest caption in tokens (default 5)")
-    cmd.add_argument("--no-repeat-ngram-size", type=int, default=3, help="repetition guard; 0 = off (default 3)")
-    cmd.add_argument("--frame", type=int, default=None, help="0-based frame of multi-frame images (default: middle)")
-    cmd.add_argument("--per-series", choices=["representative", "each"], default=None,
-                     help="one caption per series (representative, the default) or per image (each)")
-    cmd.add_argument("--select", type=Path, default=None, metavar="FILE",
-                     help="TOML file whose [select] table holds the rules and per_series")
+    add_generation(cmd)
+    add_frame(cmd)
+    add_selection(cmd)
     cmd.add_argument("--resume", type=Path, default=None, metavar="TABLE",
                      help="skip the inputs already in this results table (their rows are carried over)")
     add_verbosity(cmd)
@@ -75,7 +69,6 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def _inputs(raw: list[str]) -> list[tuple[str, bool]]:
     """``(path, named)`` for every input: folders walked, manifests read; named = a file given directly."""
-    from medblip_dicom.apps.caption import iter_inputs
     from medblip_dicom.integrations.batch.manifest import is_manifest, read_manifest
 
     out: list[tuple[str, bool]] = []
@@ -103,22 +96,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
         except ImportError:
             say_error("batch", f"this needs {module}: install the extra with pip install 'medblip-dicom[batch]'")
             return EXIT_USAGE
-    from medblip_dicom.generation import GenerationSettings
     from medblip_dicom.integrations.batch.job import BatchConfig
     from medblip_dicom.integrations.batch.manifest import ManifestError
-
-    from medblip_dicom.apps.caption import _select_config
 
     results = args.results or args.out / "results.parquet"
     try:
         if results.suffix.lower() not in (".parquet", ".csv"):
             raise ValueError(f"--results {results}: must end in .parquet or .csv")
-        generation = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                          min_new_tokens=args.min_new_tokens, no_repeat_ngram_size=args.no_repeat_ngram_size)
-        GenerationSettings(**generation)
+        generation_settings(args)  # checked here, before Ray starts
         config = BatchConfig(model=args.model, output_dir=args.out, batch_size=args.batch_size, device=args.device,
-                             dtype=args.dtype, frame=args.frame, generation=generation,
-                             select=_select_config(args.select, args.per_series),
+                             dtype=args.dtype, frame=args.frame, generation=generation_keywords(args),
+                             select=select_config(args),
                              num_gpus_per_worker=args.num_gpus_per_worker, caption_workers=args.caption_workers,
                              cpus_per_worker=args.cpus_per_worker, prepare_workers=args.prepare_workers,
                              resume=args.resume)

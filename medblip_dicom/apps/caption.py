@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, say_error
+from medblip_dicom.apps.options import (
+    add_frame, add_generation, add_model, add_selection, batch_size_error, generation_settings, iter_inputs,
+    select_config,
+)
 
 CAPTION_EXAMPLE = """\
 examples:
@@ -42,26 +44,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         epilog=CAPTION_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cap.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
-    cap.add_argument("--model", "-m", required=True,
-                     help="BLIP model directory (save_pretrained: model + processor) or a cached hub id")
+    add_model(cap)
     cap.add_argument("--out", "-o", type=Path, default=None,
                      help="folder for the SR files (<SR SOPInstanceUID>.dcm); without it captions are only printed")
-    cap.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
-    cap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    cap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                     help="compute precision (auto: bf16/fp16 where the device supports it)")
-    cap.add_argument("--num-beams", type=int, default=3, help="beam search width; 1 = greedy (default 3)")
-    cap.add_argument("--max-new-tokens", type=int, default=60, help="longest caption in tokens (default 60)")
-    cap.add_argument("--min-new-tokens", type=int, default=5, help="shortest caption in tokens (default 5)")
-    cap.add_argument("--no-repeat-ngram-size", type=int, default=3,
-                     help="repetition guard: never repeat an n-gram of this size; 0 = off (default 3)")
-    cap.add_argument("--frame", type=int, default=None,
-                     help="0-based frame of multi-frame images (default: the middle frame)")
+    add_generation(cap)
+    add_frame(cap)
     cap.add_argument("--workers", type=int, default=None, help="threads that read and decode ahead of the model")
-    cap.add_argument("--per-series", choices=["representative", "each"], default=None,
-                     help="one caption per series (representative, the default) or per image (each)")
-    cap.add_argument("--select", type=Path, default=None, metavar="FILE",
-                     help="TOML file whose [select] table holds the rules and per_series")
+    add_selection(cap)
     cap.add_argument("--preview", action="store_true",
                      help="also write <source SOPInstanceUID>.png: the windowed image with its caption beneath "
                      "(into --out, or ./previews)")
@@ -69,44 +58,22 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     cap.set_defaults(func=cmd_caption, quick_exit=True)
 
 
-def iter_inputs(paths: Sequence[str]) -> Iterator[tuple[str, bool]]:
-    """Yield ``(path, named)`` for every file under `paths`; `named` is True for files given directly.
-
-    Folders are walked recursively in sorted order; hidden files and folders are skipped.
-    """
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        yield os.path.join(root, name), False
-        else:
-            yield raw, True
-
-
 def cmd_caption(args: argparse.Namespace) -> int:
     """Run ``medblip caption``."""
-    from medblip_dicom.generation import GenerationSettings
-
     try:
-        settings = GenerationSettings(
-            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        )
+        settings = generation_settings(args)
     except ValueError as exc:
         say_error("caption", exc)
         return EXIT_USAGE
-    if args.batch_size < 1:
-        say_error("caption", "--batch-size must be >= 1")
+    if (problem := batch_size_error(args)) is not None:
+        say_error("caption", problem)
         return EXIT_USAGE
     inputs = list(iter_inputs(args.paths))
     if not inputs:
         say_error("caption", "no files found under " + " ".join(args.paths))
         return EXIT_USAGE
     try:
-        select = _select_config(args.select, args.per_series)
+        select = select_config(args)
     except (ValueError, OSError) as exc:
         say_error("caption", exc)
         return EXIT_USAGE
@@ -168,24 +135,3 @@ def cmd_caption(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_FAILED if failed or conflicts else EXIT_OK
-
-
-def _select_config(path: Path | None, per_series: str | None):  # noqa: ANN202 - SelectConfig, imported lazily
-    """The [select] table of `path` (if any) with --per-series on top."""
-    import dataclasses
-    import tomllib
-
-    from medblip_dicom.selection import config_from_mapping
-
-    table = {}
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                table = tomllib.load(fh).get("select", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path} is not valid TOML: {exc}") from None
-    try:
-        config = config_from_mapping(table)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}" if path is not None else str(exc)) from None
-    return dataclasses.replace(config, per_series=per_series) if per_series else config

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from medblip_dicom import __version__
-from medblip_dicom.apps import batch, caption, doctor, pull, quickstart, review, services, show_sr, training
+from medblip_dicom.apps import batch, caption, doctor, pull, quickstart, review, show_sr, training, watch_node
 from medblip_dicom.apps.common import EXIT_INTERRUPTED, EXIT_USAGE, configure_logging
 
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     caption.add_command(sub)
     batch.add_command(sub)
-    services.add_commands(sub)
+    watch_node.add_commands(sub)
     pull.add_command(sub)
     review.add_command(sub)
     training.add_commands(sub)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
+from medblip_dicom.apps.options import add_model, add_selection, batch_size_error, select_config
 
 PULL_EXAMPLE = """\
 examples:
@@ -41,7 +42,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     which.add_argument("--query", action="append", metavar="KEY=VALUE",
                        help="QIDO-RS study filter (repeatable): caption every study it finds")
     p.add_argument("--series", metavar="UID", help="only this series of --study")
-    p.add_argument("--model", "-m", required=True, help="BLIP model directory or a cached hub id")
+    add_model(p)
     p.add_argument("--to", metavar="URL", help="STOW-RS the SRs here (default: the --from server)")
     p.add_argument("--no-stow", action="store_true", help="do not STOW the SRs anywhere (use with --out)")
     p.add_argument("--out", "-o", type=Path, help="also write the SRs into this folder")
@@ -52,12 +53,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--password-env", metavar="NAME")
     p.add_argument("--ca", type=Path, help="CA bundle to verify the server's certificate")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (default 30)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--per-series", choices=["representative", "each"], default=None,
-                   help="one caption per series (representative, the default) or per image (each)")
-    p.add_argument("--select", type=Path, default=None, metavar="FILE", help="TOML file with a [select] table")
+    add_selection(p)
     add_verbosity(p)
     p.set_defaults(func=cmd_pull, quick_exit=True)
 
@@ -68,7 +64,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from functools import partial
 
-    from medblip_dicom.apps.caption import _select_config
     from medblip_dicom.errors import MedblipError
     from medblip_dicom.integrations.config.dicomweb import ForwardDicomwebConfig, check_url
     from medblip_dicom.integrations.pull.dicomweb import Puller, ServerUnavailable, parse_query
@@ -80,8 +75,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if args.no_stow and args.out is None:
         say_error("pull", "--no-stow without --out: the SRs would go nowhere")
         return EXIT_USAGE
-    if args.batch_size < 1:
-        say_error("pull", "--batch-size must be >= 1")
+    if (problem := batch_size_error(args)) is not None:
+        say_error("pull", problem)
         return EXIT_USAGE
     try:
         for flag, url in (("--from", args.source), ("--to", args.to)):
@@ -92,7 +87,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             token_file=args.token_file, token_env=args.token_env or "", ca=args.ca, timeout_s=args.timeout)
         settings.token(), settings.password()  # a missing file or variable: said now, not mid-study
         query = parse_query(args.query) if args.query else None
-        select = _select_config(args.select, args.per_series)
+        select = select_config(args)
     except (MedblipError, ValueError, OSError) as exc:
         say_error("pull", exc)
         return EXIT_USAGE

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medblip_dicom.apps.caption import iter_inputs
+from medblip_dicom.apps.options import iter_inputs
 from medblip_dicom.apps.main import main
 from medblip_dicom.report_view import CaptionReport
 from tests.support.checks import check_exactly_one_sr_each, check_output_folder, validate_srs

@@ -147,7 +147,7 @@ def test_both_destinations_each_get_the_sr_and_a_refusal_by_either_fails_it(tmp_
 
 def test_the_forward_dicomweb_flag_sets_the_stow_destination():
     from medblip_dicom.apps.main import build_parser
-    from medblip_dicom.apps.services import _overrides
+    from medblip_dicom.apps.watch_node import _overrides
 
     for command in ("watch", "node"):
         args = build_parser().parse_args([command, "--forward-dicomweb", "https://pacs.example/dicom-web/"])

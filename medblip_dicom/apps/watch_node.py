@@ -1,4 +1,4 @@
-"""The deployment subcommands of ``medblip``: ``watch``, ``node`` and ``status``.
+"""The service subcommands of ``medblip``: ``watch``, ``node`` and ``status`` (of their spool).
 
 Thin handlers over :mod:`medblip_dicom.integrations`: each reads the configuration, checks that the
 packages it needs import (before any model is loaded) and runs a
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
+from medblip_dicom.apps.options import add_model
 
 WATCH_EXAMPLE = """\
 examples:
@@ -60,8 +61,8 @@ oldest pending job with its last delivery error. Reads the journal only; safe wh
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default=None,
-                        help="BLIP model directory (save_pretrained: model + processor) or a cached hub id")
+    """The flags ``watch`` and ``node`` share: each overrides its key of the configuration file."""
+    add_model(parser, required=False, from_config=True)
     parser.add_argument("--out", "-o", type=Path, default=None, help="folder for the SR files ([output] dir)")
     parser.add_argument("--forward", default=None, metavar="AET@HOST:PORT",
                         help="send each SR to this Storage SCP, e.g. a PACS ([forward] destination)")
@@ -72,10 +73,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool", type=Path, default=None,
                         help="spool folder on a local disk ([spool] dir; default $XDG_STATE_HOME/medblip/spool, "
                         "i.e. ~/.local/state/medblip/spool)")
-    parser.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
-                        help="compute precision")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per model call ([worker] batch_size)")
     parser.add_argument("--picture", action="store_true", default=None,
                         help="also write a Secondary Capture picture with the caption ([output] picture)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
