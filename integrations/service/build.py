@@ -16,6 +16,7 @@ from medblip_dicom.integrations.spool import Spool
 if TYPE_CHECKING:
     from medblip_dicom.captioner import Captioner
     from medblip_dicom.integrations.delivery.loop import Delivery
+    from medblip_dicom.integrations.delivery.sinks.base import Sink
     from medblip_dicom.integrations.ingest.stow.endpoint import StowEndpoint
     from medblip_dicom.integrations.spool.spool import Bell
     from medblip_dicom.integrations.ops.telemetry import Telemetry
@@ -44,7 +45,8 @@ def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> W
 
     w = config.worker
     return Worker(spool, captioner, batch_size=w.batch_size, max_wait_s=w.max_wait_s,
-                  prepare_workers=w.prepare_workers, picture=config.output.picture, select=config.select)
+                  prepare_workers=w.prepare_workers, picture=config.output.picture, select=config.select,
+                  pdf=config.output.pdf)
 
 
 def build_telemetry(spool: Spool, config: ServiceConfig, *, worker_alive: Callable[[], bool]) -> Telemetry:
@@ -68,32 +70,36 @@ def build_telemetry(spool: Spool, config: ServiceConfig, *, worker_alive: Callab
     return Telemetry(metrics=metrics, audit=audit, ae_title=config.node.ae_title)
 
 
-def build_delivery(spool: Spool, config: ServiceConfig, telemetry: Telemetry | None = None) -> Delivery:
-    """The configured sinks: the output folder and/or the forwarding destination (C-STORE, STOW-RS or both)."""
-    from medblip_dicom.integrations.delivery.loop import Delivery
-    from medblip_dicom.integrations.delivery.sinks.dicom import ForwardClient
-
+def build_sinks(config: ServiceConfig) -> list[Sink]:
+    """The configured destinations beyond the output folder, in the order delivery tries them:
+    C-STORE (``[forward] destination``), STOW-RS (``dicomweb_url``), HL7 v2 (``[hl7]``), FHIR (``[fhir]``)."""
     f = config.forward
-    sinks: list = []
+    sinks: list[Sink] = []
     if f.destination is not None:
+        from medblip_dicom.integrations.delivery.sinks.dicom import ForwardClient
+
         sinks.append(ForwardClient(f.destination, calling_ae_title=f.calling_ae_title, timeout_s=f.timeout_s,
                                    tls=f.tls))
     if f.dicomweb_url:
         from medblip_dicom.integrations.delivery.sinks.dicomweb import StowClient
 
         sinks.append(StowClient(f.dicomweb_url, f.dicomweb))
-    forward = sinks[0] if len(sinks) == 1 else None
-    if len(sinks) > 1:
-        from medblip_dicom.integrations.delivery.sinks.both import BothSinks
+    return sinks
 
-        forward = BothSinks(*sinks)
+
+def build_delivery(spool: Spool, config: ServiceConfig, telemetry: Telemetry | None = None) -> Delivery:
+    """The configured sinks (the output folder first, then :func:`build_sinks`) and the review hold."""
+    from medblip_dicom.integrations.delivery.loop import Delivery
+
+    f = config.forward
     review = None
     if config.review.enabled:  # every AI report is kept for the review station first
         from medblip_dicom.integrations.review.intake import ReviewIntake
 
         review = ReviewIntake(spool, hold_until_signed=config.review.hold_until_signed)
-    return Delivery(spool, out_dir=config.output.dir, forward=forward, study_quiet_s=config.output.study_quiet_s,
-                    retry_initial_s=f.retry_initial_s, retry_max_s=f.retry_max_s, telemetry=telemetry, review=review)
+    return Delivery(spool, out_dir=config.output.dir, sinks=build_sinks(config),
+                    study_quiet_s=config.output.study_quiet_s, retry_initial_s=f.retry_initial_s,
+                    retry_max_s=f.retry_max_s, telemetry=telemetry, review=review)
 
 
 def build_stow_endpoint(spool: Spool, config: ServiceConfig, telemetry: Telemetry | None = None) -> StowEndpoint:

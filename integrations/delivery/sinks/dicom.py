@@ -9,7 +9,7 @@ Each file's outcome is one of: delivered (success or a warning status), *transie
 resources, processing failure, no answer: try again later) or *permanent* (the destination
 refuses this object: cannot understand, data set does not match SOP class, SOP class not
 supported, not authorised, ...). A destination that cannot be reached raises
-:class:`DestinationUnavailable`.
+:class:`~.base.DestinationUnavailable` (the :class:`~.base.Sink` contract).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import logging
 import socket
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
-from medblip_dicom.errors import MedblipError
-
 from medblip_dicom.integrations.net import pynetdicom_compat
 from medblip_dicom.integrations.config.file import Destination, ForwardTLSConfig
+from medblip_dicom.integrations.delivery.sinks.base import (  # noqa: F401 - re-exported
+    DestinationUnavailable, StoreOutcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +38,6 @@ KEY_OBJECT_SELECTION = UID("1.2.840.10008.5.1.4.1.1.88.59")
 
 #: Status codes meaning "not now, maybe later" (PS3.4 Annex B and GG): out of resources, processing failure.
 _TRANSIENT = {0x0110, 0x0213}
-
-
-class DestinationUnavailable(MedblipError):
-    """No association with the destination: refused, unreachable, rejected or aborted."""
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """What the destination said to one C-STORE."""
-
-    path: Path
-    status: int | None
-    delivered: bool
-    permanent: bool
-    message: str
 
 
 def status_meaning(status: int) -> tuple[bool, bool, str]:
@@ -88,6 +73,9 @@ class ForwardClient:
 
     #: What the service sends: its SRs and, optionally, the Secondary Capture pictures.
     DEFAULT_SOP_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE, KEY_OBJECT_SELECTION)
+
+    kind = "dicom"
+    protocol = "C-STORE"
 
     def __init__(self, destination: Destination, *, calling_ae_title: str = "MEDBLIP", timeout_s: float = 30.0,
                  tls: ForwardTLSConfig | None = None, nodelay: bool = True,

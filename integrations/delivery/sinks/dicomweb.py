@@ -1,7 +1,7 @@
 """STOW-RS sink: send reports to a DICOMweb archive and classify its answers like C-STORE's.
 
-:class:`StowClient` has the shape of :class:`~medblip_dicom.integrations.delivery.sinks.dicom.ForwardClient`
-(``destination`` and ``send(paths) -> list[StoreOutcome]``), so delivery treats both alike. It
+:class:`StowClient` is a :class:`~.base.Sink` (``destination`` and ``send(paths) -> list[StoreOutcome]``),
+so delivery treats it like every other destination. It
 uses ``dicomweb-client`` (the Imaging Data Commons client) with its own retries off: delivery's
 backoff is the one retry policy.
 
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from medblip_dicom.integrations.config.dicomweb import ForwardDicomwebConfig
-from medblip_dicom.integrations.delivery.sinks.dicom import DestinationUnavailable, StoreOutcome, status_meaning
+from medblip_dicom.integrations.delivery.sinks.base import DestinationUnavailable, StoreOutcome
+from medblip_dicom.integrations.delivery.sinks.dicom import status_meaning
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ _TRANSIENT_HTTP = {408, 429}
 
 class StowUnavailable(DestinationUnavailable):
     """The STOW-RS server did not take the request for now; `retry_after_s` is its Retry-After, if any."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -90,11 +87,13 @@ def _json_body(response: Any) -> Any:
 class StowClient:
     """Sends files to one STOW-RS service (``url`` is its root, e.g. ``https://pacs/dicom-web``)."""
 
+    kind = "dicomweb"
+    protocol = "STOW-RS"  # for the audit trail ("sent by STOW-RS")
+
     def __init__(self, url: str, settings: ForwardDicomwebConfig | None = None) -> None:
         self.url = url.rstrip("/")
         self.settings = settings or ForwardDicomwebConfig()
         self.destination = self.url  # what delivery's logs and metrics name
-        self.protocol = "STOW-RS"  # for the audit trail ("sent by STOW-RS")
         self._client: Any = None
 
     def client(self) -> Any:
