@@ -36,6 +36,7 @@ EXTRAS = {
               ("rouge_score", "rouge-score"), ("pycocoevalcap", "pycocoevalcap")),
     "quickstart": (("accelerate", "accelerate"), ("nltk", "nltk"), ("matplotlib", "matplotlib"),
                    ("data_store", "pydicom-data")),
+    "deid": (("deid", "deid"),),
     "review": (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("jinja2", "jinja2"), ("multipart", "python-multipart"),
                ("argon2", "argon2-cffi")),
 }

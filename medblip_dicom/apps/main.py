@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from medblip_dicom import __version__
-from medblip_dicom.apps import batch, caption, doctor, pull, quickstart, review, show_sr, training, watch_node
+from medblip_dicom.apps import batch, caption, deid, doctor, pull, quickstart, review, show_sr, training, watch_node
 from medblip_dicom.apps.common import EXIT_INTERRUPTED, EXIT_USAGE, configure_logging
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch_node.add_commands(sub)
     pull.add_command(sub)
     review.add_command(sub)
+    deid.add_command(sub)
     training.add_commands(sub)
     show_sr.add_command(sub)
     doctor.add_command(sub)
