@@ -116,16 +116,19 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """The folder sink, the optional picture and the per-study quiet time."""
+    """The folder sink, the optional picture and PDF report, and the per-study quiet time."""
 
     dir: Path | None = None
     picture: bool = False
+    pdf: bool = False
     study_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", optional_path("output", "dir", self.dir))
         if not isinstance(self.picture, bool):
             fail("output", "picture", f"must be true or false, got {self.picture!r}")
+        if not isinstance(self.pdf, bool):
+            fail("output", "pdf", f"must be true or false, got {self.pdf!r}")
         check_positive("output", "study_quiet_s", self.study_quiet_s, allow_zero=True)
 
 

@@ -45,7 +45,7 @@ class Worker:
 
     def __init__(self, spool: Spool, captioner: Captioner, *, batch_size: int = 8, max_wait_s: float = 1.0,
                  prepare_workers: int = 2, picture: bool = False, frame: int | None = None,
-                 select: SelectConfig | None = None) -> None:
+                 select: SelectConfig | None = None, pdf: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.spool = spool
@@ -54,6 +54,11 @@ class Worker:
         self.max_wait_s = max_wait_s
         self.prepare_workers = prepare_workers
         self.picture = picture
+        self.pdf = pdf
+        if pdf:  # reportlab and the fonts are checked at start, not on the first report
+            from medblip_dicom.pdf_fonts import register_fonts
+
+            register_fonts()
         self.frame = frame
         self.selector = SeriesSelector(spool, select if select is not None else SelectConfig())
         #: Sizes of the most recent batches (for logs, status and tests).
@@ -177,6 +182,10 @@ class Worker:
             picture = self._picture(job, outcome, folder)
             if picture is not None:
                 files.append(picture)
+        if self.pdf:
+            pdf_path = self._pdf(job, outcome, folder)
+            if pdf_path is not None:
+                files.append(pdf_path)
         self.spool.mark_reported(job.id, files, outcome.sr_sop_instance_uid)
         t = outcome.timings
         logger.info("job %d: reported SR %s for SOPInstanceUID %s (read %.3f s, pixels %.3f s, caption %.3f s)",
@@ -205,5 +214,22 @@ class Worker:
             return target
         except (MedblipError, ValueError, TypeError, AttributeError, KeyError) as exc:
             logger.warning("job %d: no picture (%s: %s); the SR goes alone", job.id, type(exc).__name__,
+                           self._scrub(str(exc), job))
+            return None
+
+    def _pdf(self, job: Job, outcome: CaptionResult, folder: Path) -> Path | None:
+        """Write the Encapsulated PDF of the report (``[output] pdf``); a failure is logged and the SR
+        goes without it."""
+        from medblip_dicom.errors import MedblipError
+        from medblip_dicom.pdf_report import build_pdf_report
+        from medblip_dicom.pixels import dataset_to_image
+        from medblip_dicom.reading import read_image
+
+        try:
+            found = read_image(self.spool.input_path(job))
+            image = dataset_to_image(found.dataset, outcome.frame_index, label=f"job {job.id}")
+            return write_report(build_pdf_report(outcome.sr, image), folder)
+        except (MedblipError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            logger.warning("job %d: no PDF report (%s: %s); the SR goes without it", job.id, type(exc).__name__,
                            self._scrub(str(exc), job))
             return None
