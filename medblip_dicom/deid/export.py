@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Columns whose free text is cleaned of the image's identifying values.
 TEXT_COLUMNS = ("caption", "ai_caption", "reason")
-#: Columns copied as they are (they never hold patient data: the model, flags, the reviewer pseudonym).
-SAFE_COLUMNS = ("edited", "model_name", "model_version", "reviewer", "split")
+#: Columns copied as they are (the model, flags, the reviewer pseudonym; the modality is read from the image).
+SAFE_COLUMNS = ("edited", "model_name", "model_version", "modality", "reviewer", "split")
 #: Columns that identify a row or a report: replaced by keyed pseudonyms.
 ID_COLUMNS = ("id", "sr_uid")
 #: Columns holding an ISO date-time: shifted like the image's dates, or left out.

@@ -162,8 +162,8 @@ def _name_words(value: object) -> Iterator[str]:
     for name in _values(value):
         for group in name.split("="):
             for component in group.split("^")[:3]:
-                for word in re.findall(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", component):
-                    if len(word) >= MIN_WORD:
+                for word in re.findall(r"[^\W_]+(?:['’-][^\W_]+)*", component):
+                    if len(word) >= MIN_WORD and not word.isdigit():
                         yield word
                         yield from (w for w in re.split(r"['’-]", word) if len(w) >= MIN_WORD)
 
