@@ -5,7 +5,12 @@ FILE.jsonl`` reads as it is (``image``: the kept source DICOM, ``caption``: the 
 what a data scientist needs to slice it (AI caption, edited or not, model, modality, a
 pseudonymous reviewer id, the time); rejected reports go to ``FILE.rejected.jsonl``. Reviewer ids
 are ``r-`` + 12 hex digits of an HMAC over the login name with a secret salt kept in the spool, so
-they are stable per site but do not name anyone. No patient data is written.
+they are stable per site but do not name anyone. The manifest itself names no patient, but its
+images are the kept DICOM files as they arrived; with a
+:class:`~medblip_dicom.deid.Deidentifier` (``medblip review export --deidentify``) the images are
+de-identified copies under ``images/`` beside the manifest instead, the captions, AI captions and
+reasons are cleaned of each image's identifying header values, and ``FILE.datacard.json`` says
+what was done (docs/deidentification.md).
 
 :func:`review_stats` counts reviewed, signed unchanged, edited and rejected reports and averages
 the word edit distance between AI and final text, by model version and modality; BLEU is passed in
@@ -41,9 +46,11 @@ def _iso(seconds: float | None) -> str:
     return dt.datetime.fromtimestamp(seconds or 0, dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def export(store: ReviewStore, out: str | os.PathLike[str]) -> dict[str, int]:
+def export(store: ReviewStore, out: str | os.PathLike[str], *, deidentifier: Any = None) -> dict[str, int]:
     """Write the signed reports to `out` and the rejected ones beside it; returns the counts
-    (``signed``, ``rejected``, ``missing``: signed reports whose source is no longer kept)."""
+    (``signed``, ``rejected``, ``missing``: signed reports whose source is no longer kept; with a
+    `deidentifier`, also ``refused``: images left out for burned-in text or unreadable, and
+    ``captions_changed``: rows whose text held an identifying value)."""
     out = Path(out)
     signed_rows, rejected_rows, missing = [], [], 0
     for item in store.worklist(state=SIGNED, limit=10**9)[::-1]:
@@ -67,10 +74,35 @@ def export(store: ReviewStore, out: str | os.PathLike[str]) -> dict[str, int]:
             "model_version": item["model_version"], "modality": item["modality"],
             "reviewer": pseudonym(store, item["decided_by"]), "rejected_at": _iso(item["decided_at"]),
         })
+    extra: dict[str, int] = {}
+    if deidentifier is not None:
+        signed_rows, rejected_rows, extra = _deidentified(deidentifier, out, signed_rows, rejected_rows)
     atomic_write_bytes(out, _jsonl(signed_rows))
     atomic_write_bytes(rejected_path(out), _jsonl(rejected_rows))
-    store.db.audit(None, "export", str(out.name), f"{len(signed_rows)} signed, {len(rejected_rows)} rejected")
-    return {"signed": len(signed_rows), "rejected": len(rejected_rows), "missing": missing}
+    store.db.audit(None, "export", str(out.name), f"{len(signed_rows)} signed, {len(rejected_rows)} rejected"
+                   + (f", de-identified, {extra['refused']} refused" if deidentifier is not None else ""))
+    return {"signed": len(signed_rows), "rejected": len(rejected_rows), "missing": missing, **extra}
+
+
+def datacard_path(out: Path) -> Path:
+    """``FILE.jsonl`` -> ``FILE.datacard.json``."""
+    return out.with_name(f"{out.stem}.datacard.json")
+
+
+def _deidentified(deidentifier: Any, out: Path, signed: list[dict[str, Any]], rejected: list[dict[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """The rows through :class:`medblip_dicom.deid.ExportWriter` (images under ``images/`` beside
+    `out`), the data card written; rejected reports without a kept source are left out."""
+    from medblip_dicom.deid.export import ExportWriter
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = ExportWriter(deidentifier, out.parent)
+    signed = writer.rows(signed, "signed", out.parent)
+    rejected = writer.rows([r for r in rejected if r["image"]], "rejected", out.parent)
+    writer.write_card(datacard_path(out), [out.name, rejected_path(out).name])
+    card = writer.card([])
+    return signed, rejected, {"refused": card["counts"]["refused_burned_in_text"] + card["counts"]["unreadable"],
+                              "captions_changed": card["counts"]["captions_changed"]}
 
 
 def rejected_path(out: Path) -> Path:

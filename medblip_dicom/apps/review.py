@@ -9,7 +9,8 @@
   ``remove-user USER`` and ``revoke-token ID``: a new password, disabling or removing a reviewer ends
   its sessions and API tokens at once; a removed reviewer stays listed, so that its signatures stay
   attributable;
-- ``medblip review export --out FILE.jsonl`` (rejected ones in ``FILE.rejected.jsonl``);
+- ``medblip review export --out FILE.jsonl`` (rejected ones in ``FILE.rejected.jsonl``), with
+  ``--deidentify --key-file KEY`` de-identified for moving off-site (:mod:`medblip_dicom.apps.deid`);
 - ``medblip review stats [--plot FILE.png] [--json]``.
 
 Exit codes as in :mod:`medblip_dicom.apps.common`: 2 for a bad flag, configuration, or a spool
@@ -38,6 +39,8 @@ examples:
   medblip review revoke-token 3f9a1c0b27de --config /etc/medblip/medblip.toml
   medblip review disable-user jdoe --config /etc/medblip/medblip.toml   # ends her sessions and tokens
   medblip review export --out feedback.jsonl --config /etc/medblip/medblip.toml
+  medblip review export --out offsite/feedback.jsonl --deidentify --key-file /secure/site.key \
+      --option retain-modified-dates --config /etc/medblip/medblip.toml
   medblip train --data feedback.jsonl --base-model runs/roco1/best --out runs/site1
   medblip review stats --plot review.png --config /etc/medblip/medblip.toml
 
@@ -78,6 +81,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     _account_commands(commands)
     e = commands.add_parser("export", help="signed reports as a JSONL manifest for medblip train")
     e.add_argument("--out", required=True, help="FILE.jsonl (rejected reports go to FILE.rejected.jsonl)")
+    e.add_argument("--deidentify", action="store_true", help="de-identified copies of the images under images/ beside "
+                   "FILE.jsonl, captions cleaned, FILE.datacard.json (PS3.15 Annex E; needs --key-file)")
+    from medblip_dicom.apps.deid import add_deid_flags
+
+    add_deid_flags(e)
     _common(e, argparse.SUPPRESS)
     add_verbosity(e)
     e.set_defaults(func=export, quick_exit=True)
@@ -308,11 +316,21 @@ def export(args: argparse.Namespace) -> int:
     opened = _open("review export", args)
     if opened is None:
         return EXIT_USAGE
-    from medblip_dicom.integrations.review.feedback import export as write_export, rejected_path
+    from medblip_dicom.integrations.review.feedback import datacard_path, export as write_export, rejected_path
 
     _, store = opened
+    deidentifier = None
+    if args.deidentify:
+        from medblip_dicom.apps.deid import make_deidentifier
+
+        deidentifier = make_deidentifier("review export", args)
+        if deidentifier is None:
+            return EXIT_USAGE
+    elif args.key_file or args.option or args.mask_recipe:
+        say_error("review export", "--key-file, --option and --mask-recipe apply only with --deidentify")
+        return EXIT_USAGE
     try:
-        counts = write_export(store, args.out)
+        counts = write_export(store, args.out, deidentifier=deidentifier)
     except OSError as exc:
         say_error("review export", f"cannot write {args.out}: {exc}")
         return EXIT_FAILED
@@ -321,6 +339,10 @@ def export(args: argparse.Namespace) -> int:
     print(f"{counts['signed']} signed report(s) -> {args.out}; {counts['rejected']} rejected -> "
           f"{rejected_path(Path(args.out))}" + (f"; {counts['missing']} signed without a kept source left out"
                                                  if counts["missing"] else ""))
+    if deidentifier is not None:
+        print(f"de-identified: {counts['captions_changed']} row(s) with identifying text removed, "
+              f"{counts['refused']} image(s) left out (burned-in text or unreadable); data card "
+              f"{datacard_path(Path(args.out))}")
     return EXIT_OK
 
 
