@@ -74,8 +74,13 @@ def report_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
     Both are deterministic: 2.25 UIDs hashed from the source UIDs and the model's weights digest.
     """
     series = stable_uid("medblip-dicom/sr-series", str(source.SeriesInstanceUID), identity.weights_sha256)
-    instance = stable_uid("medblip-dicom/sr", str(source.SOPInstanceUID), identity.weights_sha256)
-    return series, instance
+    return series, ai_report_uid(str(source.SOPInstanceUID), identity.weights_sha256)
+
+
+def ai_report_uid(source_sop_instance_uid: str, weights_sha256: str) -> str:
+    """The SOPInstanceUID of the AI report on this source instance by the model with this weights
+    digest: what every later version of that report (signed, amended) can be traced back to."""
+    return stable_uid("medblip-dicom/sr", source_sop_instance_uid, weights_sha256)
 
 
 def evidence_view(source: Dataset) -> Dataset:

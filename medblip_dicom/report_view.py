@@ -7,13 +7,19 @@ for), the device observer that wrote it (121012 UID, 121013 name, 121015
 model name, which holds the model's version), the referenced source image (121324 DCM), the
 document flags and the weights digest (Device Serial Number). ``medblip show-sr``, the services'
 tests and everything that handles a written report read it through this view.
+
+:func:`read_document` reads any document the services deliver, the reports and the review's IOCM
+rejection notes alike, into a :class:`ReportDocument`: which version of a report it is (the AI
+report, the first signed one, an amendment, a rejection), the report it is a version of, the
+text, the model, the reviewer, the patient and the order. The HL7 and FHIR sinks say what a
+report is from this alone, so the result status a RIS shows follows what the document says.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -21,6 +27,10 @@ from pydicom.dataset import Dataset
 from medblip_dicom.errors import ReportError
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+REJECTED_FOR_QUALITY = "113001"  # the document title of an IOCM rejection note
+KEY_OBJECT_DESCRIPTION = "113012"
+PERSON_OBSERVER_NAME = "121008"
 FINDING = "121071"
 COMMENT = "121106"
 SOURCE_IMAGE = "121324"
@@ -127,3 +137,122 @@ def value_list(value: object) -> list[object]:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return list(value)  # type: ignore[arg-type]
     return [value]
+
+
+#: What a delivered document is: the AI report, the first signed version, an amendment, a rejection note.
+AI, SIGNED, AMENDED, REJECTED = "ai", "signed", "amended", "rejected"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """The patient module a document copied from its source (never logged: no repr)."""
+
+    name: str = ""
+    id: str = ""
+    issuer: str = ""
+    birth_date: str = ""
+    sex: str = ""
+
+
+@dataclass(frozen=True)
+class Order:
+    """The order a document answers: the accession number, and the placer and filler order numbers
+    and requested procedure ID where the document's Referenced Request Sequence holds them."""
+
+    accession_number: str = ""
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    requested_procedure_id: str = ""
+
+
+@dataclass(frozen=True)
+class ReportDocument:
+    """One delivered document as the result interfaces (HL7 v2, FHIR) need it.
+
+    ``first_uid`` is the AI report this document is a version of (its own UID for the AI report;
+    the rejected report for a rejection note): every version of one report shares it. ``when`` is
+    the document's content date and time (DICOM DT); ``reviewer``/``organization``/``verified_at``
+    are the verifying observer of a signed version, or the person who rejected.
+    """
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    first_uid: str
+    text: str
+    when: str
+    model_name: str = ""
+    model_version: str = ""
+    weights_sha256: str = ""
+    device_uid: str = ""
+    reviewer: str = field(default="", repr=False)
+    organization: str = ""
+    verified_at: str = ""
+    patient: Patient = field(default_factory=Patient, repr=False)
+    order: Order = field(default_factory=Order, repr=False)
+
+
+def read_document(ds: Dataset, *, label: str | None = None) -> ReportDocument:
+    """What `ds` (one of our SRs, or the review's rejection note) is; raises
+    :class:`~medblip_dicom.errors.ReportError` for anything else."""
+    label = label or str(getattr(ds, "filename", None) or ds.get("SOPInstanceUID", "dataset"))
+    common = {"sop_class_uid": str(ds.get("SOPClassUID", "")), "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+              "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+              "study_instance_uid": str(ds.get("StudyInstanceUID", "")), "when": _content_datetime(ds),
+              "patient": _patient(ds), "order": _order(ds)}
+    if common["sop_class_uid"] == KEY_OBJECT_SELECTION:
+        if _code(ds) != REJECTED_FOR_QUALITY:
+            raise ReportError(label, "a Key Object Selection that is not a rejection note (113001, DCM)")
+        evidence = ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+        rejected = [str(ref.ReferencedSOPInstanceUID) for study in evidence
+                    for series in study.get("ReferencedSeriesSequence", [])
+                    for ref in series.get("ReferencedSOPSequence", [])]
+        if not rejected:
+            raise ReportError(label, "a rejection note that references no report")
+        person = next((c for c in content_items(ds) if _code(c) == PERSON_OBSERVER_NAME), None)
+        return ReportDocument(kind=REJECTED, first_uid=rejected[0], text=_text(ds, KEY_OBJECT_DESCRIPTION) or "",
+                              reviewer=str(person.PersonName) if person is not None else "", **common)
+    report = CaptionReport.from_dataset(ds, label=label)
+    model = {"model_name": report.model_name, "model_version": report.model_version,
+             "weights_sha256": report.weights_sha256, "device_uid": report.device_uid}
+    if not report.verified:
+        return ReportDocument(kind=AI, first_uid=report.sop_instance_uid, text=report.caption, **model, **common)
+    from medblip_dicom.report import ai_report_uid
+
+    # Every signed version of one AI report shares a series: a predecessor in this document's own
+    # series is an earlier signed version, so this one amends it.
+    predecessors = [str(series.SeriesInstanceUID) for study in ds.get("PredecessorDocumentsSequence", [])
+                    for series in study.get("ReferencedSeriesSequence", [])]
+    observer = (ds.get("VerifyingObserverSequence") or [Dataset()])[0]
+    return ReportDocument(
+        kind=AMENDED if report.series_instance_uid in predecessors else SIGNED,
+        first_uid=ai_report_uid(report.source_sop_instance_uid, report.weights_sha256), text=report.caption,
+        reviewer=str(observer.get("VerifyingObserverName", "") or ""),
+        organization=str(observer.get("VerifyingOrganization", "") or ""),
+        verified_at=str(observer.get("VerificationDateTime", "") or ""), **model, **common)
+
+
+def _content_datetime(ds: Dataset) -> str:
+    date, time = str(ds.get("ContentDate", "") or ""), str(ds.get("ContentTime", "") or "")
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
+    return f"{date}{time}{offset}" if date else ""
+
+
+def _patient(ds: Dataset) -> Patient:
+    return Patient(name=str(ds.get("PatientName", "") or ""), id=str(ds.get("PatientID", "") or ""),
+                   issuer=str(ds.get("IssuerOfPatientID", "") or ""),
+                   birth_date=str(ds.get("PatientBirthDate", "") or ""), sex=str(ds.get("PatientSex", "") or ""))
+
+
+def _order(ds: Dataset) -> Order:
+    request = (ds.get("ReferencedRequestSequence") or [Dataset()])[0]
+
+    def value(keyword: str, where: Dataset = request) -> str:
+        return str(where.get(keyword, "") or "")
+
+    return Order(accession_number=value("AccessionNumber", ds) or value("AccessionNumber"),
+                 placer_order_number=value("PlacerOrderNumberImagingServiceRequest"),
+                 filler_order_number=value("FillerOrderNumberImagingServiceRequest"),
+                 requested_procedure_id=value("RequestedProcedureID"))

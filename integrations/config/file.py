@@ -30,6 +30,8 @@ from medblip_dicom.integrations.config.checks import (
 )
 from medblip_dicom.integrations.config.dicomweb import DicomwebConfig, ForwardDicomwebConfig, finish_forward
 from medblip_dicom.integrations.config.ops import AuditConfig, MetricsConfig
+from medblip_dicom.integrations.config.fhir import FhirConfig
+from medblip_dicom.integrations.config.hl7 import Hl7Config
 from medblip_dicom.integrations.config.review import ReviewConfig
 from medblip_dicom.integrations.config.tls import ForwardTLSConfig, NodeTLSConfig
 
@@ -286,18 +288,20 @@ class ServiceConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    hl7: Hl7Config = field(default_factory=Hl7Config)
+    fhir: FhirConfig = field(default_factory=FhirConfig)
 
     @property
     def has_sink(self) -> bool:
         """True when reports go somewhere: a folder or a destination."""
-        return self.output.dir is not None or self.forward.destination is not None or bool(self.forward.dicomweb_url)
+        return any((self.output.dir, self.forward.destination, self.forward.dicomweb_url, self.hl7.destination, self.fhir.url))
 
 
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig, "worker": WorkerConfig, "spool": SpoolConfig, "output": OutputConfig,
     "watch": WatchConfig, "node": NodeConfig, "forward": ForwardConfig, "select": SelectConfig,
     "metrics": MetricsConfig, "audit": AuditConfig, "dicomweb": DicomwebConfig,
-    "review": ReviewConfig,
+    "review": ReviewConfig, "hl7": Hl7Config, "fhir": FhirConfig,
 }
 
 
@@ -373,7 +377,8 @@ _PATH_KEYS = {("audit", "path"), ("audit", "syslog_ca"), ("spool", "dir"), ("out
               ("forward.tls", "ca"), ("forward.tls", "cert"), ("forward.tls", "key"), ("review.tls", "cert"),
               ("review.tls", "key"),
               ("forward.dicomweb", "password_file"), ("forward.dicomweb", "token_file"), ("forward.dicomweb", "ca"),
-              ("dicomweb", "token_file"), ("dicomweb", "cert"), ("dicomweb", "key")}
+              ("dicomweb", "token_file"), ("dicomweb", "cert"), ("dicomweb", "key"),
+              ("hl7.tls", "ca"), ("hl7.tls", "cert"), ("hl7.tls", "key"), ("fhir", "token_file"), ("fhir", "ca")}
 
 
 def _resolve_relative(data: dict[str, Any], base: Path, prefix: str = "") -> dict[str, Any]:

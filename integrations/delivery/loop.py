@@ -167,7 +167,8 @@ class Delivery:
         for (job, _), outcome in zip(todo, outcomes, strict=True):
             results[job.id].append((sink, outcome))
 
-    def _settle(self, job: Job, results: list[tuple[Sink, StoreOutcome]], unreached: DestinationUnavailable | None) -> None:
+    def _settle(self, job: Job, results: list[tuple[Sink, StoreOutcome]],
+                unreached: DestinationUnavailable | None) -> None:
         """One job's fate from its sinks' outcomes (:func:`~.sinks.base.verdict`)."""
         decided = verdict(results)
         if decided.state == "refused":

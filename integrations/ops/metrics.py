@@ -9,7 +9,8 @@ count since the spool was made; Prometheus copes with a counter that starts high
 - ``medblip_jobs_finished_total{producer,outcome}``: jobs that ended ``delivered``, ``skipped`` or
   ``failed``;
 - ``medblip_reports_written_total``, ``medblip_reports_delivered_total{destination}`` (``folder``,
-  ``dicom``), ``medblip_delivery_refused_total{destination}`` (refused for good),
+  ``dicom``, ``dicomweb``, ``hl7``, ``fhir``), ``medblip_delivery_refused_total{destination}`` (refused
+  for good: by the DICOM destination, the HL7 receiver or the FHIR server),
   ``medblip_captions_total`` (images the model captioned);
 - ``medblip_jobs{state}`` (``held`` is the received jobs selection has not released yet),
   ``medblip_oldest_pending_seconds``, ``medblip_spool_pending_bytes``, ``medblip_disk_free_bytes``,
@@ -37,6 +38,8 @@ from medblip_dicom.integrations.spool import Spool
 
 #: The spool's job origins and the producer label each counts under (a signed report is a job too).
 PRODUCERS = {"node": "dimse", "watch": "watch", "dicomweb": "stow", "review": "review"}
+#: The error class of a job each destination refused for good (the delivery sinks' rejected_class).
+REFUSED_CLASS = {"dicom": "DestinationRejected", "hl7": "HL7Rejected", "fhir": "FHIRRejected"}
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 
@@ -126,11 +129,12 @@ class ServiceMetrics:
         delivered = CounterMetricFamily("medblip_reports_delivered", "reports every sink has", labels=["destination"])
         refused = CounterMetricFamily("medblip_delivery_refused", "reports a destination refused for good",
                                       labels=["destination"])
-        rejected = int(journal.rows("SELECT COUNT(*) FROM jobs WHERE state='failed' AND "
-                                    "error_class='DestinationRejected'")[0][0])
+        rejected = {str(r[0]): int(r[1]) for r in journal.rows(
+            "SELECT error_class, COUNT(*) FROM jobs WHERE state='failed' AND error_class IN "
+            "('DestinationRejected', 'HL7Rejected', 'FHIRRejected') GROUP BY error_class")}
         for destination in self.destinations:
             delivered.add_metric([destination], counts["delivered"])
-            refused.add_metric([destination], rejected if destination == "dicom" else 0)
+            refused.add_metric([destination], rejected.get(REFUSED_CLASS.get(destination, ""), 0))
         yield delivered
         yield refused
         captions = int(journal.rows("SELECT COALESCE(SUM(size), 0) FROM batches")[0][0])

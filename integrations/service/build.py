@@ -59,7 +59,8 @@ def build_telemetry(spool: Spool, config: ServiceConfig, *, worker_alive: Callab
 
     destinations = tuple(d for d, on in (("folder", config.output.dir is not None),
                                          ("dicom", config.forward.destination is not None),
-                                         ("dicomweb", bool(config.forward.dicomweb_url))) if on)
+                                         ("dicomweb", bool(config.forward.dicomweb_url)),
+                                         ("hl7", config.hl7.enabled), ("fhir", config.fhir.enabled)) if on)
     metrics = ServiceMetrics(spool, destinations=destinations, worker_alive=worker_alive)
     audit = None
     a = config.audit
@@ -84,6 +85,14 @@ def build_sinks(config: ServiceConfig) -> list[Sink]:
         from medblip_dicom.integrations.delivery.sinks.dicomweb import StowClient
 
         sinks.append(StowClient(f.dicomweb_url, f.dicomweb))
+    if config.hl7.enabled:
+        from medblip_dicom.integrations.delivery.sinks.hl7 import Hl7Sink
+
+        sinks.append(Hl7Sink(config.hl7))
+    if config.fhir.enabled:
+        from medblip_dicom.integrations.delivery.sinks.fhir import FhirSink
+
+        sinks.append(FhirSink(config.fhir))
     return sinks
 
 

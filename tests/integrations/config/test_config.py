@@ -90,7 +90,7 @@ def _documented() -> dict[tuple[str, str], bool]:
         if line.startswith("[["):  # an array of tables ([[select.rule]]): an example, tested on its own
             section = ""
             continue
-        head = re.match(r"^\[([a-z.]+)\]", line)
+        head = re.match(r"^\[([a-z0-9.]+)\]", line)
         if head:
             section = head.group(1)
             continue
