@@ -35,6 +35,8 @@ COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 #: The review station's IOCM rejection notes (:mod:`.review.signing`).
 KEY_OBJECT_SELECTION = UID("1.2.840.10008.5.1.4.1.1.88.59")
+#: The optional PDF of each report (``[output] pdf``, :mod:`medblip_dicom.pdf_report`).
+ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
 
 #: Status codes meaning "not now, maybe later" (PS3.4 Annex B and GG): out of resources, processing failure.
 _TRANSIENT = {0x0110, 0x0213}
@@ -71,8 +73,8 @@ def client_ssl_context(tls: ForwardTLSConfig) -> ssl.SSLContext:
 class ForwardClient:
     """Sends files to one destination over one association per call of :meth:`send`."""
 
-    #: What the service sends: its SRs and, optionally, the Secondary Capture pictures.
-    DEFAULT_SOP_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE, KEY_OBJECT_SELECTION)
+    #: What the service sends: its SRs and, optionally, the Secondary Capture pictures and the PDF reports.
+    DEFAULT_SOP_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE, KEY_OBJECT_SELECTION, ENCAPSULATED_PDF)
 
     kind = "dicom"
     protocol = "C-STORE"

@@ -59,6 +59,28 @@ def test_the_pdf_goes_beside_the_sr_and_says_what_it_says(spool, captioner, td, 
     assert embedded.shape == expected.shape and np.array_equal(embedded, expected)
 
 
+def test_the_pdf_reaches_the_pacs_with_the_sr(tmp_path, td, orthanc_factory, run_service):
+    from tests.support.dicom import reissued
+    from tests.support.env import wait_for
+    from tests.support.services import make_config
+
+    pacs = orthanc_factory()
+    pacs.start()
+    config = make_config(tmp_path, forward={"destination": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"},
+                         output={"pdf": True})
+    service = run_service(config)
+    source = reissued(td, "CT_small.dcm", tmp_path / "in")
+    admission = service.spool.add_file(source, origin="test", name=source.name)
+    finished = (JobState.DELIVERED, JobState.FAILED)
+    job = wait_for(lambda: (j := service.spool.job(admission.job_id)).state in finished and j, 60, "delivery")
+    assert job.state is JobState.DELIVERED, job.reason  # the C-STORE association proposes Encapsulated PDF
+    study = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
+    (sr,) = pacs.instances(study, "SR")
+    (document,) = pacs.instances(study, "DOC")
+    assert document.SOPClassUID == pdf_report.ENCAPSULATED_PDF
+    assert document.SourceInstanceSequence[0].ReferencedSOPInstanceUID == sr.SOPInstanceUID == job.sr_sop_instance_uid
+
+
 def test_a_pdf_that_cannot_be_made_leaves_the_sr_alone(spool, captioner, td, monkeypatch, caplog):
     def refuse(sr, image):
         raise ReportError(str(sr.SOPInstanceUID), "cannot build the PDF report (test)")
