@@ -93,7 +93,7 @@ def _deidentified(deidentifier: Any, out: Path, signed: list[dict[str, Any]], re
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """The rows through :class:`medblip_dicom.deid.ExportWriter` (images under ``images/`` beside
     `out`), the data card written; rejected reports without a kept source are left out."""
-    from medblip_dicom.deid.export import ExportWriter
+    from medblip_dicom.deid.manifest import ExportWriter
 
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = ExportWriter(deidentifier, out.parent)
