@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_verbosity, packages_present, say_error
+
+if TYPE_CHECKING:
+    from medblip_dicom.deid import Deidentifier
 
 EXAMPLES = """\
 examples:
@@ -64,7 +68,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, quick_exit=True)
 
 
-def make_deidentifier(command: str, args: argparse.Namespace):  # noqa: ANN201
+def make_deidentifier(command: str, args: argparse.Namespace) -> Deidentifier | None:
     """The Deidentifier the flags ask for, or None after saying why (one line)."""
     if not packages_present(command, "deid"):
         return None

@@ -188,6 +188,20 @@ class TestBurnedInText:
             deid(mask_recipe=str(recipe))
 
 
+def test_every_attribute_the_recipes_name_is_a_dicom_keyword():
+    """deid matches a misspelt keyword to nothing: such a line would silently keep what it names."""
+    import re
+
+    from pydicom.datadict import keyword_dict
+
+    from medblip_dicom.deid.profile import recipe_path
+
+    lines = [line.split() for path in recipe_path("basic.dicom").parent.glob("*.dicom")
+             for line in path.read_text().splitlines() if re.match(r"(REMOVE|BLANK|KEEP|REPLACE) ", line)]
+    named = [words[1] for words in lines if ":" not in words[1]]
+    assert len(named) > 150 and [n for n in named if n not in keyword_dict] == []
+
+
 def test_without_deid_the_error_names_the_extra(monkeypatch):
     import builtins
 
