@@ -2,9 +2,10 @@
 
 It accepts every storage SOP class with every transfer syntax the installed pydicom decoders
 can decode (pynetdicom's default contexts accept uncompressed data only), so a modality can send
-JPEG, JPEG-LS, JPEG 2000 or RLE data unchanged. The C-STORE handler does one thing: it writes the
-instance durably into the spool (:meth:`Spool.add_bytes`) and then answers. Captioning happens
-later, in the worker, so a sender is never kept waiting for the model.
+JPEG, JPEG-LS, JPEG 2000 or RLE data unchanged. The C-STORE handler does one thing: it hands the
+instance to the one admission path (:func:`~.admit.admit`: parse check, header facts, durable write
+into the spool) and answers with the status it maps the outcome to. Captioning happens later, in
+the worker, so a sender is never kept waiting for the model.
 
 Statuses: 0x0000 once the instance is on disk (also for a duplicate, which is recorded as
 skipped); 0xA700 *out of resources* when the spool is full or cannot write; 0xC210 *cannot
@@ -12,6 +13,8 @@ understand* when the data set cannot be parsed (truncated, an unknown VR, a brok
 any depth: :func:`~medblip_dicom.reading.check_parsable`), or is deflated and would inflate beyond
 :data:`~medblip_dicom.dicomfile.MAX_INFLATED_BYTES`. Values are not all converted here (that was
 most of a C-STORE's cost); one that breaks its VR fails the instance's job later, with a reason.
+The instance is stored as the peer sent it, behind a file meta header written directly
+(:mod:`.part10`). Each association's instances are logged in one INFO line when it ends.
 
 Security: listens on 127.0.0.1 unless told otherwise; an optional calling-AE allow-list; optional
 TLS (server certificate; with ``client_ca`` a client certificate is required). TLS handshakes run
@@ -20,7 +23,7 @@ in the association's own thread with a timeout, so a silent client cannot stall 
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import logging
 import ssl
 import threading
@@ -31,20 +34,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 
 from medblip_dicom.dicomfile import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, inflates_beyond
-from medblip_dicom.reading import check_parsable
 
 from medblip_dicom.integrations.net import pynetdicom_compat
 from medblip_dicom.integrations.config.file import NodeConfig, NodeTLSConfig
-from medblip_dicom.integrations.spool import Spool, SpoolFullError
-from medblip_dicom.integrations.spool.files import instance_info
+from medblip_dicom.integrations.spool import Spool
 from medblip_dicom.integrations.ops.telemetry import Telemetry
+from medblip_dicom.integrations.ingest.admit import Outcome, Refused, admit
+from medblip_dicom.integrations.ingest.part10 import received_file
 
 logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC210
-STATUS_PROCESSING_FAILURE = 0x0110
 
 #: How often an association's DUL reactor looks for work when idle (pynetdicom's default: 1 ms).
 #: Each C-STORE waits for this loop at least twice, so the default caps a loopback listener's rate;
@@ -85,13 +85,6 @@ def server_ssl_context(tls: NodeTLSConfig) -> ssl.SSLContext:
     return ctx
 
 
-def _status(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment[:64]
-    return status
-
-
 class StorageNode:
     """The Storage SCP. :meth:`start` listens (non-blocking), :meth:`stop` shuts it down."""
 
@@ -106,6 +99,9 @@ class StorageNode:
         self._thread: threading.Thread | None = None
         self.stored = 0
         self.refused = 0
+        #: What each open association brought so far, by outcome (one log line when it ends).
+        self._tallies: dict[int, collections.Counter[Outcome]] = {}
+        self._lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -193,7 +189,17 @@ class StorageNode:
         pynetdicom_compat.set_reactor_poll(event.assoc, DUL_POLL_S)
 
     def _on_closed(self, event: Any) -> None:
-        """An association ended (released, aborted or dropped): audit what it brought."""
+        """An association ended (released, aborted or dropped): log and audit what it brought."""
+        with self._lock:
+            counts = self._tallies.pop(id(event.assoc), None)
+        if counts:
+            requestor = event.assoc.requestor
+            stored = sum(n for outcome, n in counts.items() if outcome.stored)
+            skipped = ", ".join(f"{counts[o]} {o.label}" for o in (Outcome.DUPLICATE, Outcome.OWN_OUTPUT) if counts[o])
+            refused = sum(n for outcome, n in counts.items() if not outcome.stored)
+            why = ", ".join(f"{n} {o.label}, 0x{o.dimse_status:04X}" for o, n in counts.items() if not o.stored)
+            logger.info("association from %s@%s ended: %d stored%s%s", requestor.ae_title, requestor.address, stored,
+                        f" ({skipped})" if skipped else "", f", {refused} refused ({why})" if refused else "")
         self.telemetry.association_ended(event.assoc)
 
     def _on_handshake_failed(self, client_address: Any, exc: BaseException) -> None:
@@ -209,57 +215,49 @@ class StorageNode:
                                       detail="association rejected (calling AE title not allowed, or no room)")
 
     def handle_store(self, event: Any) -> int | Dataset:
-        """Write the instance durably into the spool, then answer. Never captions here."""
+        """Write the instance durably into the spool (:func:`~.admit.admit`), then answer. Never captions here."""
         started = time.perf_counter()
         request = event.request
-        sop_uid = str(request.AffectedSOPInstanceUID or "")
-        calling = event.assoc.requestor.ae_title
-        raw = event.request.DataSet
-        if str(event.context.transfer_syntax) == DEFLATED_SYNTAX and hasattr(raw, "seek"):
-            # pynetdicom inflates a deflated data set whole when it is first touched: check the
-            # size it inflates to first, streaming, so a small bomb cannot exhaust memory.
-            raw.seek(0)
-            too_big = inflates_beyond(raw)
-            raw.seek(0)
-            if too_big:
-                self.refused += 1
-                logger.warning("C-STORE from %s: SOPInstanceUID %s refused, 0xC210: its deflated data set inflates "
-                               "to more than %d MiB", calling, sop_uid, MAX_INFLATED_BYTES // 2**20)
-                return _status(STATUS_CANNOT_UNDERSTAND, "deflated data set too large")
-        try:
-            ds = event.dataset
-            check_parsable(ds)  # VRs and sequences, without converting every value
-            info = instance_info(ds, transfer_syntax_uid=str(event.context.transfer_syntax))
-            info = dataclasses.replace(info, sop_instance_uid=info.sop_instance_uid or sop_uid or None,
-                                       sop_class_uid=info.sop_class_uid or str(request.AffectedSOPClassUID or "") or None)
-            data = event.encoded_dataset(include_meta=True)
-        except Exception as exc:  # noqa: BLE001 - any decode failure of the peer's data set
+        verdict = admit(self.spool, lambda: _parse(event), lambda: received_file(event), origin="node",
+                        source=f"C-STORE from {event.assoc.requestor.ae_title}",
+                        transfer_syntax=str(event.context.transfer_syntax),
+                        sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                        sop_instance_uid=str(request.AffectedSOPInstanceUID or ""), done_dir=self.done_dir)
+        self._tally(event.assoc, verdict.outcome)
+        if not verdict.outcome.stored:
             self.refused += 1
-            logger.warning("C-STORE from %s: SOPInstanceUID %s cannot be decoded (%s): 0xC210", calling, sop_uid,
-                           type(exc).__name__)
-            return _status(STATUS_CANNOT_UNDERSTAND, "data set cannot be decoded")
-        try:
-            admission = self.spool.add_bytes(
-                data, origin="node", name=f"{info.sop_instance_uid or 'instance'}.dcm", info=info,
-                done_dir=self.done_dir,
-            )
-        except SpoolFullError as exc:
-            self.refused += 1
-            logger.warning("C-STORE from %s: SOPInstanceUID %s refused, 0xA700: %s", calling, sop_uid, exc)
-            return _status(STATUS_OUT_OF_RESOURCES, "spool full, try again later")
-        except OSError as exc:
-            self.refused += 1
-            logger.error("C-STORE from %s: SOPInstanceUID %s not stored, 0xA700: %s", calling, sop_uid, exc)
-            return _status(STATUS_OUT_OF_RESOURCES, "cannot write to the spool")
-        except Exception as exc:  # noqa: BLE001 - never let a bug look like success
-            self.refused += 1
-            logger.exception("C-STORE from %s: SOPInstanceUID %s failed: %s", calling, sop_uid, type(exc).__name__)
-            return _status(STATUS_PROCESSING_FAILURE, "internal error")
+            return verdict.dimse_response()
         self.stored += 1
-        seconds = time.perf_counter() - started
-        self.telemetry.cstore(seconds)
-        self.telemetry.stored(event.assoc, study_uid=info.study_instance_uid, sop_class=info.sop_class_uid,
-                              patient_id=str(ds.get("PatientID") or "") if self.telemetry.audit else None)
-        logger.info("C-STORE from %s: SOPInstanceUID %s stored as job %d%s in %.1f ms", calling, sop_uid,
-                    admission.job_id, " (duplicate)" if admission.duplicate else "", 1000 * seconds)
+        self.telemetry.cstore(time.perf_counter() - started)
+        if self.telemetry.audit is not None:
+            self.telemetry.stored(event.assoc, study_uid=verdict.study_instance_uid or None,
+                                  sop_class=verdict.sop_class_uid or None, patient_id=_patient_id(verdict.dataset))
         return STATUS_SUCCESS
+
+    def _tally(self, association: Any, outcome: Outcome) -> None:
+        """Count what an association brought (logged once, when it ends)."""
+        with self._lock:
+            counts = self._tallies.setdefault(id(association), collections.Counter())
+            counts[outcome] += 1
+
+
+def _parse(event: Any) -> Dataset:
+    """The C-STORE's data set, parsed by pynetdicom; a deflated one is first measured, streaming:
+    pynetdicom inflates it whole when it is first touched, so a small bomb could exhaust memory."""
+    raw = event.request.DataSet
+    if str(event.context.transfer_syntax) == DEFLATED_SYNTAX and hasattr(raw, "seek"):
+        raw.seek(0)
+        too_big = inflates_beyond(raw)
+        raw.seek(0)
+        if too_big:
+            raise Refused(Outcome.CANNOT_UNDERSTAND, f"its deflated data set inflates to more than "
+                          f"{MAX_INFLATED_BYTES // 2**20} MiB", comment="deflated data set too large")
+    return event.dataset
+
+
+def _patient_id(ds: Any) -> str:
+    """PatientID for the audit message ("" when it cannot be read: the instance is stored already)."""
+    try:
+        return str(ds.get("PatientID") or "")
+    except Exception:  # noqa: BLE001 - a broken value; the worker reports it
+        return ""

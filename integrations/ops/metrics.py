@@ -16,7 +16,8 @@ count since the spool was made; Prometheus copes with a counter that starts high
   ``medblip_oldest_pending_seconds``, ``medblip_spool_pending_bytes``, ``medblip_disk_free_bytes``,
   ``medblip_worker_alive``.
 
-Histograms: ``medblip_cstore_seconds`` (the node's C-STORE handling, observed as it happens),
+Histograms: ``medblip_cstore_seconds`` (the node's C-STORE handling, observed in batches of at most
+a second: :mod:`.telemetry`),
 ``medblip_receive_to_report_seconds`` and ``medblip_report_to_delivered_seconds`` (from jobs as
 they are delivered), ``medblip_batch_seconds`` and ``medblip_batch_size`` (from the worker's batches
 table). Those read from the journal start empty when the service starts. No label holds patient
@@ -73,6 +74,8 @@ class ServiceMetrics:
         self.batch_size = Histogram("medblip_batch_size", "jobs per model batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.registry.register(_JournalCollector(self))
+        #: Called before each exposition: whoever batches observations hands them over here.
+        self.before_scrape: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         # Histograms read from the journal start at this service's start.
         self._batch_cursor = int(spool.journal.rows("SELECT COALESCE(MAX(id), 0) FROM batches")[0][0])
@@ -83,6 +86,8 @@ class ServiceMetrics:
         """The Prometheus text format of every metric, after taking in the journal's news."""
         from prometheus_client import generate_latest
 
+        for flush in self.before_scrape:
+            flush()
         self.sync()
         return generate_latest(self.registry)
 

@@ -2,6 +2,11 @@
 
 The node, the watch folder and delivery are given one :class:`Telemetry` (a quiet one when nothing
 is configured), so none of them needs to know whether metrics or auditing are on.
+
+The node's per-instance figures are batched, so that an instance costs a list append before its
+answer: C-STORE handling times reach the histogram at most :data:`CSTORE_BATCH_S` later (at once
+after a quiet spell, at the end of each association, and before every scrape), and the instances
+of an association are audited in one message per study when it ends.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from medblip_dicom.integrations.ops.audit import Study
@@ -20,6 +26,11 @@ if TYPE_CHECKING:
     from medblip_dicom.integrations.ops.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
+
+#: C-STORE handling times wait at most this long (or until :data:`CSTORE_BATCH` of them wait) before
+#: they are observed in the histogram.
+CSTORE_BATCH_S = 1.0
+CSTORE_BATCH = 256
 
 
 @dataclass
@@ -47,12 +58,31 @@ class Telemetry:
         self.ae_title = ae_title
         self._open: dict[int, Transfer] = {}
         self._lock = threading.Lock()
+        self._cstore: list[float] = []
+        self._cstore_flushed = 0.0
+        if metrics is not None:
+            metrics.before_scrape.append(self.flush)
 
     # -- the node ---------------------------------------------------------------------------------
 
     def cstore(self, seconds: float) -> None:
+        """One C-STORE handled in `seconds` (observed with the batch it joins)."""
+        if self.metrics is None:
+            return
+        with self._lock:
+            self._cstore.append(seconds)
+            if len(self._cstore) < CSTORE_BATCH and monotonic() - self._cstore_flushed < CSTORE_BATCH_S:
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        """Observe the C-STORE handling times that wait."""
+        with self._lock:
+            pending, self._cstore = self._cstore, []
+            self._cstore_flushed = monotonic()
         if self.metrics is not None:
-            self.metrics.cstore_seconds.observe(seconds)
+            for seconds in pending:
+                self.metrics.cstore_seconds.observe(seconds)
 
     def stored(self, association: Any, *, study_uid: str | None, patient_id: str | None, sop_class: str | None) -> None:
         """One instance of an association is in the spool (audited when the association ends)."""
@@ -64,6 +94,8 @@ class Telemetry:
             transfer.add(study_uid, patient_id, sop_class)
 
     def association_ended(self, association: Any) -> None:
+        """An association is over: observe its C-STORE times and audit what it brought."""
+        self.flush()
         with self._lock:
             transfer = self._open.pop(id(association), None)
         if transfer is not None and self.audit is not None:

@@ -17,6 +17,7 @@ finished job's input to done/ or failed/ (with its reason file) or deletes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -61,21 +62,29 @@ INFO_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanc
 
 
 def instance_info(ds: Any, transfer_syntax_uid: str | None = None) -> InstanceInfo:
-    """The identifying attributes and selection facts of a data set (a value that cannot be read is absent)."""
-    def get(keyword: str) -> str | None:
-        try:
-            value = ds.get(keyword)
-        except Exception:  # noqa: BLE001 - a broken value: the worker reports it
-            return None
-        text = str(value).strip() if value is not None else ""
-        return text[:128] or None
+    """The identifying attributes and selection facts of a data set (a value that cannot be read is absent).
 
+    Each attribute is read once: the UIDs come from the selection facts, which read them too.
+    """
+    facts = InstanceFacts.from_dataset(ds)
+    try:
+        value = ds.get("Manufacturer")
+        manufacturer = str(value).strip()[:128] if value is not None else ""
+    except Exception:  # noqa: BLE001 - a broken value: the worker reports it
+        manufacturer = ""
     if transfer_syntax_uid is None:
         meta = getattr(ds, "file_meta", None)
         ts = meta.get("TransferSyntaxUID") if meta is not None else None
         transfer_syntax_uid = str(ts) if ts else None
-    return InstanceInfo(get("SOPInstanceUID"), get("SOPClassUID"), get("StudyInstanceUID"), get("SeriesInstanceUID"),
-                        transfer_syntax_uid, get("Manufacturer"), InstanceFacts.from_dataset(ds).to_dict())
+    return InstanceInfo(facts.sop_instance_uid[:128] or None, facts.sop_class_uid[:128] or None,
+                        facts.study_instance_uid[:128] or None, facts.series_instance_uid[:128] or None,
+                        transfer_syntax_uid, manufacturer or None,
+                        {name: getattr(facts, name) for name in _FACT_FIELDS})
+
+
+#: The fields of :class:`~medblip_dicom.selection.InstanceFacts` (its values are immutable: a
+#: shallow dict equals ``asdict`` and costs a tenth of it).
+_FACT_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceFacts))
 
 
 def read_instance_info(path: Path | BinaryIO) -> InstanceInfo:

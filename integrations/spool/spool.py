@@ -186,7 +186,8 @@ class Spool:
         """Store an instance (a Part 10 file's bytes) durably and journal it.
 
         Returns only once the instance and its row are on disk. Raises :class:`SpoolFullError`
-        when the limits would be crossed (nothing is stored then).
+        when the limits would be crossed (nothing is stored then). Logs the job at DEBUG: its
+        producers (the node, STOW-RS) log what each association or request brought instead.
         """
         with self.space.reserve(len(data)):
             tmp = self._tmp_path()
@@ -198,7 +199,7 @@ class Spool:
                     fh.flush()
                     os.fsync(fh.fileno())
                 return self._admit(tmp, len(data), hasher.hexdigest(), info or read_instance_info(tmp),
-                                   origin, name, done_dir, failed_dir)
+                                   origin, name, done_dir, failed_dir, announce=logging.DEBUG)
             finally:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -248,18 +249,19 @@ class Spool:
         return self.root / "tmp" / f"{self._file_tag}-{uuid.uuid4().hex}.part"
 
     def _admit(self, tmp: Path, size: int, sha: str, info: InstanceInfo, origin: str, name: str,
-               done_dir: str | os.PathLike[str] | None, failed_dir: str | os.PathLike[str] | None) -> Admission:
+               done_dir: str | os.PathLike[str] | None, failed_dir: str | os.PathLike[str] | None, *,
+               announce: int = logging.INFO) -> Admission:
         arrival = Arrival(tmp, f"inputs/{self._file_tag}-{uuid.uuid4().hex}.dcm", size, sha, info, origin, name,
                           os.fspath(done_dir) if done_dir is not None else None,
                           os.fspath(failed_dir) if failed_dir is not None else None)
         admitted = self._commits.submit(arrival)  # durable once it returns (shared with concurrent arrivals)
         if admitted.state is JobState.SKIPPED:
-            logger.info("job %d: %s, skipped: %s (SOPInstanceUID %s)", admitted.job_id, origin, admitted.reason,
-                        info.sop_instance_uid)
+            logger.log(announce, "job %d: %s, skipped: %s (SOPInstanceUID %s)", admitted.job_id, origin,
+                       admitted.reason, info.sop_instance_uid)
             self.dispose(self.job(admitted.job_id))
         else:
-            logger.info("job %d: received from %s (SOPInstanceUID %s, study %s, %d bytes)",
-                        admitted.job_id, origin, info.sop_instance_uid, info.study_instance_uid, size)
+            logger.log(announce, "job %d: received from %s (SOPInstanceUID %s, study %s, %d bytes)",
+                       admitted.job_id, origin, info.sop_instance_uid, info.study_instance_uid, size)
             self.received_event.set()
         return Admission(admitted.job_id, admitted.state, admitted.duplicate_of)
 

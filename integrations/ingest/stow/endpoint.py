@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from medblip_dicom.uids import is_dicom_uid
 
 from medblip_dicom.integrations.config.checks import ConfigError
 from medblip_dicom.integrations.config.dicomweb import DicomwebConfig
@@ -43,7 +44,6 @@ from medblip_dicom.integrations.net.httpserve import ConnectionGuard, ServeLimit
 
 logger = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: What a STOW-RS client may hold: a whole request head within 10 s, a body at 1 KiB/s or more over
 #: 10 s, 8 connections per client address, 512 connections in all, 64 requests served at once (503
 #: with Retry-After beyond; a sender retries), 5 s for an idle kept-alive connection.
@@ -85,7 +85,7 @@ def build_app(receiver: StowReceiver, *, tokens: frozenset[str], max_body_bytes:
             return refuse_unread(401, "a valid bearer token is required",
                                  **{"WWW-Authenticate": 'Bearer realm="dicom-web"'})
         study_uid = request.path_params.get("study")
-        if study_uid is not None and (len(study_uid) > 64 or not _UID.match(study_uid)):
+        if study_uid is not None and not is_dicom_uid(study_uid):
             return refuse_unread(400, "the StudyInstanceUID in the URL is not a UID")
         try:
             boundary = stow_boundary(request.headers.get("content-type"))

@@ -1,15 +1,16 @@
-"""What the STOW-RS endpoint does with the parts of a complete request: check each, store it into
-the spool exactly as the C-STORE handler does, and build the PS3.18 response.
+"""What the STOW-RS endpoint does with the parts of a complete request: store each through the
+admission path the C-STORE handler uses (:func:`~..admit.admit`), and build the PS3.18 response.
 
-Each part is checked on its own (a Part 10 file, parsable at any depth, not truncated, not a
-deflate bomb, with its UIDs; its study the one of the URL, if the URL names one), then handed to
-:meth:`Spool.add_bytes`, which returns only once the instance and its journal row are durable.
-Only parts for which ``add_bytes`` returned are listed in ReferencedSOPSequence; the others are
-in FailedSOPSequence with their FailureReason:
+Each part is read as a Part 10 file (of type ``application/dicom``, not a deflate bomb) and
+admitted on its own: parsable at any depth, not truncated, with its UIDs, its study the one of the
+URL if the URL names one, then written into the spool, which returns only once the instance and
+its journal row are durable. Only parts the spool holds are listed in ReferencedSOPSequence; the
+others are in FailedSOPSequence with their FailureReason (:class:`~..admit.Outcome`):
 
 - 0xA700 out of resources: the spool is full or cannot write (try again later);
 - 0xC210 cannot understand: not DICOM, not parsable, truncated, another media type, a bomb;
-- 0xA900 data set does not match: its StudyInstanceUID is not the one of the URL.
+- 0xA900 data set does not match: its StudyInstanceUID is not the one of the URL;
+- 0x0110 processing failure: the spool failed in an unexpected way (the log has the traceback).
 
 The response status (:attr:`StowResult.http_status`): 200 when every part was stored, 409 when
 none was, else 202. A duplicate counts as stored, as for C-STORE (the spool records it as skipped).
@@ -17,35 +18,22 @@ none was, else 202. A duplicate counts as stored, as for C-STORE (the spool reco
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medblip_dicom.dicomfile import deflate_bomb_at
-from medblip_dicom.reading import check_parsable
+from pydicom.dataset import Dataset
 
+from medblip_dicom.dicomfile import deflate_bomb_at
+
+from medblip_dicom.integrations.ingest.admit import Outcome, Refused, admit
 from medblip_dicom.integrations.ingest.stow.multipart import Part
-from medblip_dicom.integrations.spool import Spool, SpoolFullError
-from medblip_dicom.integrations.spool.files import instance_info
+from medblip_dicom.integrations.spool import Spool
 from medblip_dicom.integrations.ops.telemetry import Telemetry, Transfer
 
 logger = logging.getLogger(__name__)
-
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC210
-STUDY_MISMATCH = 0xA900
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-class PartRefused(Exception):
-    """One part cannot be stored: `reason` is its FailureReason, the message says why (for the log)."""
-
-    def __init__(self, reason: int, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -80,17 +68,6 @@ class StowResult:
         return body
 
 
-def _truncated(ds: Any) -> str | None:
-    """The tag of a top-level element whose value is shorter than its declared length, if any."""
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
-        length = getattr(raw, "length", None)
-        value = getattr(raw, "value", None)
-        if isinstance(value, bytes) and length not in (None, _UNDEFINED_LENGTH) and len(value) < length:
-            return str(tag)
-    return None
-
-
 class StowReceiver:
     """Stores the parts of STOW-RS requests into one spool."""
 
@@ -107,70 +84,58 @@ class StowReceiver:
         audit = self.telemetry is not None and self.telemetry.audit is not None
         transfer = Transfer("", peer)
         for index, part in enumerate(parts, start=1):
-            sop_class = sop_uid = ""
+            received = _Received(part)
             try:
-                data, ds = self._read(part)
-                sop_class = str(ds.get("SOPClassUID", "") or "")
-                sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-                self._check(ds)
-                self._store(data, ds, study_uid)
-            except PartRefused as exc:
-                self.refused += 1
-                logger.warning("STOW-RS from %s: part %d (SOPInstanceUID %s) refused, 0x%04X: %s", peer, index,
-                               sop_uid or "?", exc.reason, exc)
-                result.failed.append((sop_class, sop_uid, exc.reason, str(exc)))
-                continue
+                verdict = admit(self.spool, received.parse, received.content, origin="dicomweb",
+                                source=f"STOW-RS from {peer}: part {index}", part10=True, study_uid=study_uid,
+                                done_dir=self.done_dir)
             finally:
                 part.close()
+            if not verdict.outcome.stored:
+                self.refused += 1
+                assert verdict.outcome.failure_reason is not None
+                result.failed.append((verdict.sop_class_uid, verdict.sop_instance_uid, verdict.outcome.failure_reason,
+                                      verdict.reason))
+                continue
             self.stored += 1
-            result.stored.append((sop_class, sop_uid))
+            result.stored.append((verdict.sop_class_uid, verdict.sop_instance_uid))
             if audit:
-                transfer.add(str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", "")), sop_class)
+                transfer.add(verdict.study_instance_uid, _patient_id(verdict.dataset), verdict.sop_class_uid)
         if audit and transfer.studies:
             assert self.telemetry is not None and self.telemetry.audit is not None
             self.telemetry.audit.received(transfer.studies.values(), via="DICOMweb STOW-RS", peer_ae="",
                                           peer_host=peer, our_ae=self.telemetry.ae_title)
         return result
 
-    def _read(self, part: Part) -> tuple[bytes, Any]:
+
+class _Received:
+    """One part as :func:`~..admit.admit` takes it: parsed as a Part 10 file, its bytes kept."""
+
+    def __init__(self, part: Part) -> None:
+        self.part = part
+        self.data = b""
+
+    def parse(self) -> Dataset:
         import pydicom
 
-        if part.media_type not in ("", "application/dicom"):
-            raise PartRefused(CANNOT_UNDERSTAND, f"a part of type {part.media_type}, not application/dicom")
-        data = part.read()
-        stream = io.BytesIO(data)
+        if self.part.media_type not in ("", "application/dicom"):
+            raise Refused(Outcome.CANNOT_UNDERSTAND, f"a part of type {self.part.media_type}, not application/dicom")
+        self.data = self.part.read()
+        stream = io.BytesIO(self.data)
         if deflate_bomb_at(stream):
-            raise PartRefused(CANNOT_UNDERSTAND, "its deflated data set inflates beyond the limit")
+            raise Refused(Outcome.CANNOT_UNDERSTAND, "its deflated data set inflates beyond the limit")
         try:
-            ds = pydicom.dcmread(stream)  # a Part 10 file (preamble, DICM, file meta), as STOW-RS requires
-            check_parsable(ds)
+            return pydicom.dcmread(stream)  # a Part 10 file (preamble, DICM, file meta), as STOW-RS requires
         except Exception as exc:  # noqa: BLE001 - whatever the part holds, it is not a readable DICOM file
-            raise PartRefused(CANNOT_UNDERSTAND, f"not a readable DICOM Part 10 file ({type(exc).__name__})") from None
-        return data, ds
+            raise Refused(Outcome.CANNOT_UNDERSTAND,
+                          f"not a readable DICOM Part 10 file ({type(exc).__name__})") from None
 
-    def _check(self, ds: Any) -> None:
-        tag = _truncated(ds)
-        if tag is not None:
-            raise PartRefused(CANNOT_UNDERSTAND, f"truncated: element {tag} is shorter than its length")
-        meta = getattr(ds, "file_meta", None)
-        if meta is None or not meta.get("TransferSyntaxUID"):
-            raise PartRefused(CANNOT_UNDERSTAND, "no TransferSyntaxUID in its file meta information")
-        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
-            if not str(ds.get(keyword, "") or "").strip():
-                raise PartRefused(CANNOT_UNDERSTAND, f"no {keyword}")
+    def content(self) -> bytes:
+        return self.data
 
-    def _store(self, data: bytes, ds: Any, study_uid: str | None) -> None:
-        info = instance_info(ds)
-        if study_uid is not None and info.study_instance_uid != study_uid:
-            raise PartRefused(STUDY_MISMATCH, "its StudyInstanceUID is not the study of the request URL")
-        info = dataclasses.replace(info, sop_instance_uid=info.sop_instance_uid or None)
-        try:
-            admission = self.spool.add_bytes(data, origin="dicomweb", name=f"{info.sop_instance_uid}.dcm", info=info,
-                                             done_dir=self.done_dir)
-        except SpoolFullError as exc:
-            raise PartRefused(OUT_OF_RESOURCES, f"spool full ({exc})") from None
-        except OSError as exc:
-            logger.error("STOW-RS: cannot write to the spool: %s", exc)
-            raise PartRefused(OUT_OF_RESOURCES, "cannot write to the spool") from None
-        logger.info("STOW-RS: SOPInstanceUID %s stored as job %d%s", info.sop_instance_uid, admission.job_id,
-                    " (duplicate)" if admission.duplicate else "")
+
+def _patient_id(ds: Any) -> str:
+    try:
+        return str(ds.get("PatientID", "") or "")
+    except Exception:  # noqa: BLE001 - a broken value; the instance is stored already
+        return ""
