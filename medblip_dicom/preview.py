@@ -1,4 +1,4 @@
-"""The picture a person looks at: the windowed image the model saw, its caption beneath.
+"""The image a person looks at: the windowed image the model saw, its caption beneath.
 
 Used by ``medblip caption --preview`` (a PNG beside the SRs), the quickstart, and the services'
 optional Secondary Capture (``medblip_dicom.secondary_capture``), so all show the same thing:
@@ -28,7 +28,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def render_caption_picture(image: Image.Image, caption: str) -> Image.Image:
+def render_captioned_image(image: Image.Image, caption: str) -> Image.Image:
     """`image` scaled to a readable width with the caption and the notice beneath it (RGB)."""
     image = image.convert("RGB")
     width = min(MAX_WIDTH, max(MIN_WIDTH, image.width))
@@ -63,8 +63,8 @@ def write_preview(source: Dataset, caption: str, out_dir: str | os.PathLike[str]
     from medblip_dicom.pixels import dataset_to_image
     from medblip_dicom.report import report_filename
 
-    picture = render_caption_picture(dataset_to_image(source, frame), caption)
+    preview = render_captioned_image(dataset_to_image(source, frame), caption)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    preview.save(buffer, format="PNG")
     name = report_filename(source)[: -len(".dcm")] + ".png"  # the UID, checked to be digits and dots
     return atomic_write_bytes(Path(out_dir) / name, buffer.getvalue())

@@ -1,14 +1,16 @@
-"""A Secondary Capture picture for viewers that do not render SR: the image with its caption beneath.
+"""A Secondary Capture for viewers that do not render SR: the image with its caption beneath.
 
 Many PACS viewers show any image but not the text of a Structured Report. When ``[output]
-picture = true`` the worker also writes this picture and sends it with the SR: the windowed frame
+secondary_capture = true`` the worker also writes this image and sends it with the SR: the windowed frame
 the model saw (:func:`medblip_dicom.pixels.dataset_to_image`), scaled to a readable width, with a
 white-on-black band below holding the caption and the words "machine-generated, UNVERIFIED, not for
 diagnosis". It is a Secondary Capture Image (highdicom ``SCImage``) in its own series of the same
 study, ImageType DERIVED\\SECONDARY, referencing the source image, with a deterministic UID (same
-source and model: same picture UID), exactly like the SR. Its text follows the SR's rule
+source and model: same UID), exactly like the SR. Its text follows the SR's rule
 (:mod:`medblip_dicom.dicomtext`): the caption is machine text (what a value refuses is removed),
-Unicode is kept, and the picture declares ``ISO_IR 192`` when any value is not ASCII.
+Unicode is kept, and the image declares ``ISO_IR 192`` when any value is not ASCII. (In this
+project "picture" is the model's 8-bit input, :mod:`medblip_dicom.pixels`, and "preview" the PNG,
+:mod:`medblip_dicom.preview`.)
 """
 
 from __future__ import annotations
@@ -21,27 +23,28 @@ from pydicom.dataset import Dataset
 
 from medblip_dicom.dicomtext import declare_character_set, dicom_text
 from medblip_dicom.identity import ModelIdentity
-from medblip_dicom.preview import NOTICE, render_caption_picture
+from medblip_dicom.preview import NOTICE, render_captioned_image
 from medblip_dicom.uids import stable_uid
 
-#: Series Number of the picture series (the SR series is 990).
-PICTURE_SERIES_NUMBER = 991
-PICTURE_SERIES_DESCRIPTION = "AI caption picture: machine-generated, not for diagnosis"
+#: Series Number of the Secondary Capture series (the SR series is 990).
+SC_SERIES_NUMBER = 991
+#: Its Series Description (as written since the first release; viewers show it).
+SC_SERIES_DESCRIPTION = "AI caption picture: machine-generated, not for diagnosis"
 
 
-def picture_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
-    """``(series_uid, sop_instance_uid)`` of the picture for `source`: deterministic, like the SR's."""
+def secondary_capture_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
+    """``(series_uid, sop_instance_uid)`` of the Secondary Capture for `source`: deterministic, like the SR's."""
     series = stable_uid("medblip-dicom/sc-series", str(source.SeriesInstanceUID), identity.weights_sha256)
     instance = stable_uid("medblip-dicom/sc", str(source.SOPInstanceUID), identity.weights_sha256)
     return series, instance
 
 
-def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset,
-                  identity: ModelIdentity) -> Dataset:
+def build_secondary_capture(source: Dataset, image: Image.Image, caption: str, sr: Dataset,
+                            identity: ModelIdentity) -> Dataset:
     """Build the Secondary Capture for `source` (whose windowed frame is `image`).
 
     Patient and study attributes are taken from `sr`, which already holds them cleaned of values
-    that break their VR, so the picture and the report always agree; so does the caption, cleaned
+    that break their VR, so the Secondary Capture and the report always agree; so does the caption, cleaned
     by the same rule as the report's finding.
     """
     import highdicom as hd
@@ -49,8 +52,8 @@ def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset
     from medblip_dicom import __version__
 
     caption = dicom_text(caption, "UT", what="the caption", machine=True)
-    picture = render_caption_picture(image, caption)
-    series_uid, sop_uid = picture_uids(source, identity)
+    captioned = render_captioned_image(image, caption)
+    series_uid, sop_uid = secondary_capture_uids(source, identity)
 
     def attr(keyword: str) -> object:
         value = sr.get(keyword)
@@ -59,14 +62,14 @@ def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset
     with warnings.catch_warnings():  # highdicom warns about single-component person names
         warnings.simplefilter("ignore", UserWarning)
         sc = hd.sc.SCImage(
-            pixel_array=np.asarray(picture, dtype=np.uint8),
+            pixel_array=np.asarray(captioned, dtype=np.uint8),
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
             patient_orientation=("L", "F"),  # replaced below: the source's orientation, or empty
             study_instance_uid=str(sr.StudyInstanceUID),
             series_instance_uid=series_uid,
-            series_number=PICTURE_SERIES_NUMBER,
+            series_number=SC_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
             instance_number=int(sr.get("InstanceNumber") or 1),
             manufacturer="medblip-dicom",
@@ -80,7 +83,7 @@ def build_picture(source: Dataset, image: Image.Image, caption: str, sr: Dataset
             study_time=attr("StudyTime"),
             referring_physician_name=attr("ReferringPhysicianName"),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
-            series_description=_lo(PICTURE_SERIES_DESCRIPTION),
+            series_description=_lo(SC_SERIES_DESCRIPTION),
             manufacturer_model_name=_lo(identity.name),
             software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(identity.version)],
             device_serial_number=_lo(identity.weights_sha256),

@@ -1,6 +1,7 @@
 """The DICOMweb keys of the TOML file: ``[forward] dicomweb_url`` with its ``[forward.dicomweb]``
 sub-table (auth, TLS, timeout of the STOW-RS sink) and the ``[dicomweb]`` section (the STOW-RS
-endpoint of the node service). See :mod:`.config` for how sections are built.
+endpoint of the node service) with its ``[dicomweb.tls]`` sub-table. See :mod:`.file` for how
+sections are built.
 
 Secrets never sit in the file or on the command line: a bearer token or a password is read from
 a file or an environment variable named here, when the sink or the endpoint is built.
@@ -10,17 +11,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from medblip_dicom.integrations.config.checks import (
-    ConfigError, check_int, check_positive, fail, optional_path, sub_table,
+    ConfigError, Renamed, both_or_neither, check_bind_host, check_bool, check_int, check_paths, check_port,
+    check_positive, check_text, fail, not_both, sub_table,
 )
+from medblip_dicom.integrations.config.tls import DicomwebTLSConfig
 
 #: The endpoint refuses bodies above this many bytes unless ``[dicomweb] max_body_bytes`` says otherwise.
 DEFAULT_MAX_BODY = 512 * 1024 * 1024
+
+#: ``[dicomweb]``'s TLS keys moved into ``[dicomweb.tls]``, the shape of ``[node.tls]`` and ``[review.tls]``.
+RENAMED = (Renamed(("dicomweb", "cert"), ("dicomweb.tls", "cert")),
+           Renamed(("dicomweb", "key"), ("dicomweb.tls", "key")))
 
 
 def is_loopback(host: str) -> bool:
@@ -78,24 +85,19 @@ class ForwardDicomwebConfig:
 
     def __post_init__(self) -> None:
         s = "forward.dicomweb"
-        for name in ("password_file", "token_file", "ca"):
-            object.__setattr__(self, name, optional_path(s, name, getattr(self, name)))
-        for name in ("username", "password_env", "token_env"):
-            if not isinstance(getattr(self, name), str):
-                fail(s, name, f"must be a string, got {getattr(self, name)!r}")
-        if not isinstance(self.verify, bool):
-            fail(s, "verify", f"must be true or false, got {self.verify!r}")
+        check_paths(self, s, "password_file", "token_file", "ca")
+        check_text(s, "username", self.username)
+        for name in ("password_env", "token_env"):
+            check_text(s, name, getattr(self, name), "the name of an environment variable")
+        check_bool(s, "verify", self.verify)
         check_positive(s, "timeout_s", self.timeout_s)
-        if self.password_file is not None and self.password_env:
-            fail(s, "password_file", "set password_file or password_env, not both")
-        if self.token_file is not None and self.token_env:
-            fail(s, "token_file", "set token_file or token_env, not both")
+        not_both(s, "password_file", self.password_file, self.password_env, "password_file or password_env")
+        not_both(s, "token_file", self.token_file, self.token_env, "token_file or token_env")
         has_password = self.password_file is not None or bool(self.password_env)
         has_token = self.token_file is not None or bool(self.token_env)
-        if bool(self.username) != has_password:
-            fail(s, "username", "HTTP basic auth needs both username and password_file (or password_env)")
-        if self.username and has_token:
-            fail(s, "token_file", "use either HTTP basic auth (username) or a bearer token, not both")
+        both_or_neither(s, "username", self.username, has_password,
+                        "username and password_file (or password_env) for HTTP basic auth")
+        not_both(s, "token_file", self.username, has_token, "either HTTP basic auth (username) or a bearer token")
 
     @property
     def has_credentials(self) -> bool:
@@ -132,8 +134,8 @@ class DicomwebConfig:
 
     Tokens: one per line in ``token_file`` and/or one in the environment variable ``token_env``;
     a request must carry ``Authorization: Bearer <token>``. Without any token the endpoint takes
-    anonymous requests, which is allowed on a loopback address only. TLS is on when cert and key
-    are set; then plain HTTP is not answered at all.
+    anonymous requests, which is allowed on a loopback address only. TLS is on when ``[dicomweb.tls]``
+    sets cert and key; then plain HTTP is not answered at all.
     """
 
     host: str = "127.0.0.1"
@@ -141,23 +143,16 @@ class DicomwebConfig:
     token_file: Path | None = None
     token_env: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY
-    cert: Path | None = None
-    key: Path | None = None
+    tls: DicomwebTLSConfig = field(default_factory=DicomwebTLSConfig)
 
     def __post_init__(self) -> None:
         s = "dicomweb"
-        for name in ("token_file", "cert", "key"):
-            object.__setattr__(self, name, optional_path(s, name, getattr(self, name)))
-        if not isinstance(self.host, str) or not self.host:
-            fail(s, "host", f"must be an address to bind to, got {self.host!r}")
-        check_int(s, "port", self.port, 0)
-        if self.port > 65535:
-            fail(s, "port", f"must be 0 (off) or 1..65535, got {self.port}")
-        if not isinstance(self.token_env, str):
-            fail(s, "token_env", f"must be the name of an environment variable, got {self.token_env!r}")
+        check_paths(self, s, "token_file")
+        check_bind_host(s, "host", self.host)
+        check_port(s, "port", self.port, zero="off")
+        check_text(s, "token_env", self.token_env, "the name of an environment variable")
         check_int(s, "max_body_bytes", self.max_body_bytes, 1024)
-        if (self.cert is None) != (self.key is None):
-            fail(s, "cert/key", "set both the certificate and its private key, or neither")
+        object.__setattr__(self, "tls", sub_table(DicomwebTLSConfig, self.tls, "dicomweb.tls"))
         if self.enabled and not self.has_tokens and not is_loopback(self.host):
             fail(s, "token_file", f"the endpoint listens on {self.host}: set token_file or token_env "
                                   "(anonymous STOW-RS is allowed on a loopback address only)")
@@ -169,10 +164,6 @@ class DicomwebConfig:
     @property
     def has_tokens(self) -> bool:
         return self.token_file is not None or bool(self.token_env)
-
-    @property
-    def tls(self) -> bool:
-        return self.cert is not None
 
     def tokens(self) -> frozenset[str]:
         """Every accepted token (read now); empty means anonymous requests are accepted."""

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from medblip_dicom.integrations.config.checks import check_positive, fail, optional_path, shown
+from medblip_dicom.integrations.config.checks import (
+    check_bool, check_paths, check_positive, check_text, fail, not_both, shown,
+)
 from medblip_dicom.integrations.config.dicomweb import is_loopback, read_secret
 
 
@@ -31,16 +33,12 @@ class FhirConfig:
 
     def __post_init__(self) -> None:
         s = "fhir"
-        for name in ("token_file", "ca"):
-            object.__setattr__(self, name, optional_path(s, name, getattr(self, name)))
+        check_paths(self, s, "token_file", "ca")
         for name in ("url", "token_env", "patient_system"):
-            if not isinstance(getattr(self, name), str):
-                fail(s, name, f"must be a text, got {shown(getattr(self, name))}")
-        if not isinstance(self.verify, bool):
-            fail(s, "verify", f"must be true or false, got {shown(self.verify)}")
+            check_text(s, name, getattr(self, name))
+        check_bool(s, "verify", self.verify)
         check_positive(s, "timeout_s", self.timeout_s)
-        if self.token_file is not None and self.token_env:
-            fail(s, "token_file", "set token_file or token_env, not both")
+        not_both(s, "token_file", self.token_file, self.token_env, "token_file or token_env")
         if self.patient_system and (" " in self.patient_system or ":" not in self.patient_system):
             fail(s, "patient_system", f"{shown(self.patient_system)} is not a URI (for example urn:oid:1.2.3.4 or "
                                       "https://hospital.example/mrn)")

@@ -16,8 +16,9 @@ import fnmatch
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.selection import SelectConfig, SelectionError, config_from_mapping
 
 from medblip_dicom.integrations.config.checks import (
-    ConfigError, check_ae_title, check_int, check_path, check_positive, check_text_list, fail, optional_path, shown,
-    sub_table,
+    ConfigError, Renamed, build_table, check_ae_title, check_bind_host, check_bool, check_int, check_path, check_paths,
+    check_port, check_positive, check_text_list, fail, rename_keys, shown, sub_table,
 )
+from medblip_dicom.integrations.config.dicomweb import RENAMED as DICOMWEB_RENAMED
 from medblip_dicom.integrations.config.dicomweb import DicomwebConfig, ForwardDicomwebConfig, finish_forward
 from medblip_dicom.integrations.config.ops import AuditConfig, MetricsConfig
 from medblip_dicom.integrations.config.fhir import FhirConfig
@@ -95,11 +97,10 @@ class WorkerConfig:
         check_int("worker", "batch_size", self.batch_size, 1)
         check_positive("worker", "max_wait_s", self.max_wait_s, allow_zero=True)
         check_int("worker", "prepare_workers", self.prepare_workers, 0)
-        if not isinstance(self.separate_process, bool):
-            raise ConfigError(f"[worker] separate_process must be true or false, got {self.separate_process!r}")
+        check_bool("worker", "separate_process", self.separate_process)
         check_int("worker", "nice", self.nice, 0)
         if self.nice > 19:
-            raise ConfigError(f"[worker] nice must be 0 to 19, got {self.nice}")
+            fail("worker", "nice", f"must be 0 to 19, got {self.nice}")
 
 
 @dataclass(frozen=True)
@@ -118,19 +119,17 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """The folder sink, the optional picture and PDF report, and the per-study quiet time."""
+    """The folder sink, the optional Secondary Capture and PDF report, and the per-study quiet time."""
 
     dir: Path | None = None
-    picture: bool = False
+    secondary_capture: bool = False
     pdf: bool = False
     study_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", optional_path("output", "dir", self.dir))
-        if not isinstance(self.picture, bool):
-            fail("output", "picture", f"must be true or false, got {self.picture!r}")
-        if not isinstance(self.pdf, bool):
-            fail("output", "pdf", f"must be true or false, got {self.pdf!r}")
+        check_paths(self, "output", "dir")
+        check_bool("output", "secondary_capture", self.secondary_capture)
+        check_bool("output", "pdf", self.pdf)
         check_positive("output", "study_quiet_s", self.study_quiet_s, allow_zero=True)
 
 
@@ -148,13 +147,11 @@ class WatchConfig:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
 
     def __post_init__(self) -> None:
-        for name in ("inbox", "done_dir", "failed_dir"):
-            object.__setattr__(self, name, optional_path("watch", name, getattr(self, name)))
+        check_paths(self, "watch", "inbox", "done_dir", "failed_dir")
         if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(p, str) and p for p in self.ignore):
             fail("watch", "ignore", f"must be a list of file name patterns, got {shown(self.ignore)}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
-        if not isinstance(self.poll, bool):
-            fail("watch", "poll", f"must be true or false, got {self.poll!r}")
+        check_bool("watch", "poll", self.poll)
         check_positive("watch", "poll_interval_s", self.poll_interval_s)
         check_positive("watch", "settle_s", self.settle_s, allow_zero=True)
         check_positive("watch", "rescan_interval_s", self.rescan_interval_s, allow_zero=True)
@@ -197,11 +194,8 @@ class NodeConfig:
                            check_text_list("node", "allowed_calling_aets", self.allowed_calling_aets))
         for aet in self.allowed_calling_aets:
             check_ae_title("node", "allowed_calling_aets", aet)
-        if not isinstance(self.host, str) or not self.host:
-            fail("node", "host", f"must be an address to bind to, got {self.host!r}")
-        check_int("node", "port", self.port, 0)
-        if self.port > 65535:
-            fail("node", "port", f"must be 0..65535, got {self.port}")
+        check_bind_host("node", "host", self.host)
+        check_port("node", "port", self.port, zero="any free port")
         check_int("node", "max_associations", self.max_associations, 1)
         check_int("node", "listeners", self.listeners, 1)
         if self.listeners > 64:
@@ -211,8 +205,7 @@ class NodeConfig:
         check_int("node", "max_pdu", self.max_pdu, 0)
         if 0 < self.max_pdu < 4096:
             fail("node", "max_pdu", f"must be 0 (unlimited) or at least 4096, got {self.max_pdu}")
-        if not isinstance(self.keep_inputs, bool):
-            fail("node", "keep_inputs", f"must be true or false, got {shown(self.keep_inputs)}")
+        check_bool("node", "keep_inputs", self.keep_inputs)
         object.__setattr__(self, "tls", sub_table(NodeTLSConfig, self.tls, "node.tls"))
 
 
@@ -235,8 +228,7 @@ class Destination:
 
     def __post_init__(self) -> None:
         check_ae_title("forward", "destination", self.ae_title)
-        if not 0 < self.port <= 65535:
-            fail("forward", "destination", f"port must be 1..65535, got {self.port}")
+        check_port("forward", "destination", self.port, what="port")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -305,24 +297,23 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+#: Keys that moved; a file that still uses the old spelling is read with a warning naming the new key.
+RENAMED: tuple[Renamed, ...] = (Renamed(("output", "picture"), ("output", "secondary_capture")), *DICOMWEB_RENAMED)
+
+
 def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
     if cls is SelectConfig:  # [select] with its [[select.rule]] tables
         try:
             return config_from_mapping(values)
         except SelectionError as exc:
             raise ConfigError(str(exc)) from None
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a wrong type that the checks above did not name
-        raise ConfigError(f"[{section}] {exc}") from None
+    return build_table(cls, values, section)
 
 
-def config_from_dict(data: Mapping[str, Any]) -> ServiceConfig:
-    """Build a :class:`ServiceConfig` from nested dicts (the parsed TOML plus overrides)."""
+def config_from_dict(data: Mapping[str, Any], *, source: str = "the configuration") -> ServiceConfig:
+    """Build a :class:`ServiceConfig` from nested dicts (the parsed TOML plus overrides); a renamed key
+    is read under its new name (:data:`RENAMED`), with a warning that names `source`."""
+    data = rename_keys(data, RENAMED, source)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]; known sections: {', '.join(_SECTIONS)}")
@@ -356,6 +347,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
         except OSError as exc:  # a folder, no permission, ...
             raise ConfigError(f"config file {p} cannot be read ({exc.strerror or exc})") from None
+        try:  # the file's old spellings, before the flags (which use the new names) are laid on top
+            data = rename_keys(data, RENAMED, str(p))
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
         # Relative paths in the file are relative to the file, not to the working directory.
         data = _resolve_relative(data, p.parent.resolve())
     merged: dict[str, dict[str, Any]] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
@@ -371,14 +366,21 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise
 
 
-_PATH_KEYS = {("audit", "path"), ("audit", "syslog_ca"), ("spool", "dir"), ("output", "dir"), ("watch", "inbox"),
-              ("watch", "done_dir"),
-              ("watch", "failed_dir"), ("node.tls", "cert"), ("node.tls", "key"), ("node.tls", "client_ca"),
-              ("forward.tls", "ca"), ("forward.tls", "cert"), ("forward.tls", "key"), ("review.tls", "cert"),
-              ("review.tls", "key"),
-              ("forward.dicomweb", "password_file"), ("forward.dicomweb", "token_file"), ("forward.dicomweb", "ca"),
-              ("dicomweb", "token_file"), ("dicomweb", "cert"), ("dicomweb", "key"),
-              ("hl7.tls", "ca"), ("hl7.tls", "cert"), ("hl7.tls", "key"), ("fhir", "token_file"), ("fhir", "ca")}
+def _path_keys(cls: type, table: str) -> set[tuple[str, str]]:
+    """Every (table, key) of `cls` whose value is a path, sub-tables (``[node.tls]``) included."""
+    out: set[tuple[str, str]] = set()
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            out |= _path_keys(hint, f"{table}.{f.name}")
+        elif hint is Path or Path in typing.get_args(hint):
+            out.add((table, f.name))
+    return out
+
+
+#: The keys whose relative paths are read relative to the file, found from the sections' types.
+_PATH_KEYS = {key for name, cls in _SECTIONS.items() if cls is not SelectConfig for key in _path_keys(cls, name)}
 
 
 def _resolve_relative(data: dict[str, Any], base: Path, prefix: str = "") -> dict[str, Any]:

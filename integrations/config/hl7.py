@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from medblip_dicom.integrations.config.checks import ConfigError, check_positive, fail, shown, sub_table
+from medblip_dicom.integrations.config.checks import check_port, check_positive, fail, shown, sub_table
 from medblip_dicom.integrations.config.tls import ForwardTLSConfig
 
 _HD = re.compile(r"^[\x20-\x7e]{0,180}$")
@@ -23,18 +23,15 @@ class Hl7TLSConfig(ForwardTLSConfig):
     """``[hl7.tls]``: TLS on the MLLP connection (on when ``ca`` or ``cert`` is set): the CA that
     verifies the receiver, and a client certificate with its key if the receiver asks for one."""
 
-    def __post_init__(self) -> None:
-        try:
-            super().__post_init__()
-        except ConfigError as exc:  # the same checks; the message names this sub-table
-            raise ConfigError(str(exc).replace("[forward.tls]", "[hl7.tls]", 1)) from None
+    SECTION = "hl7.tls"
 
 
 def parse_host_port(section: str, key: str, text: object) -> tuple[str, int]:
     """``HOST:PORT`` (an IPv6 host in brackets: ``[::1]:2575``) as ``(host, port)``."""
     match = _HOST_PORT.match(text.strip()) if isinstance(text, str) else None
-    if not match or not 0 < int(match.group(2)) <= 65535:
-        fail(section, key, f"{shown(text)} is not HOST:PORT with a port 1..65535 (for example ris.example.org:2575)")
+    if not match:
+        fail(section, key, f"{shown(text)} is not HOST:PORT (for example ris.example.org:2575)")
+    check_port(section, key, int(match.group(2)), what=f"{shown(text)} is not HOST:PORT: its port")
     return match.group(1).strip("[]"), int(match.group(2))
 
 

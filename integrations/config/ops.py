@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medblip_dicom.integrations.config.checks import check_int, fail, optional_path
+from medblip_dicom.integrations.config.checks import check_bind_host, check_bool, check_paths, check_port, fail
 
 
 @dataclass(frozen=True)
@@ -16,11 +16,8 @@ class MetricsConfig:
     port: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host:
-            fail("metrics", "host", f"must be an address to bind to, got {self.host!r}")
-        check_int("metrics", "port", self.port, 0)
-        if self.port > 65535:
-            fail("metrics", "port", f"must be 0 (off) or 1..65535, got {self.port}")
+        check_bind_host("metrics", "host", self.host)
+        check_port("metrics", "port", self.port, zero="off")
 
     @property
     def enabled(self) -> bool:
@@ -37,10 +34,8 @@ class AuditConfig:
     syslog_ca: Path | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            fail("audit", "enabled", f"must be true or false, got {self.enabled!r}")
-        object.__setattr__(self, "path", optional_path("audit", "path", self.path))
-        object.__setattr__(self, "syslog_ca", optional_path("audit", "syslog_ca", self.syslog_ca))
+        check_bool("audit", "enabled", self.enabled)
+        check_paths(self, "audit", "path", "syslog_ca")
         if not isinstance(self.syslog, str):
             fail("audit", "syslog", f"must be tcp://HOST:PORT or tls://HOST:PORT, got {self.syslog!r}")
         if self.syslog:

@@ -45,7 +45,8 @@ def build_worker(spool: Spool, captioner: Captioner, config: ServiceConfig) -> W
 
     w = config.worker
     return Worker(spool, captioner, batch_size=w.batch_size, max_wait_s=w.max_wait_s,
-                  prepare_workers=w.prepare_workers, picture=config.output.picture, select=config.select,
+                  prepare_workers=w.prepare_workers, secondary_capture=config.output.secondary_capture,
+                  select=config.select,
                   pdf=config.output.pdf)
 
 

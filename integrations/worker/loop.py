@@ -44,7 +44,7 @@ class Worker:
     """Caption spooled jobs in batches. Call :meth:`run` in a thread with a stop event."""
 
     def __init__(self, spool: Spool, captioner: Captioner, *, batch_size: int = 8, max_wait_s: float = 1.0,
-                 prepare_workers: int = 2, picture: bool = False, frame: int | None = None,
+                 prepare_workers: int = 2, secondary_capture: bool = False, frame: int | None = None,
                  select: SelectConfig | None = None, pdf: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -53,7 +53,7 @@ class Worker:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.prepare_workers = prepare_workers
-        self.picture = picture
+        self.secondary_capture = secondary_capture
         self.pdf = pdf
         if pdf:  # reportlab and the fonts are checked at start, not on the first report
             from medblip_dicom.pdf_fonts import register_fonts
@@ -178,10 +178,10 @@ class Worker:
             return
         folder = self.spool.report_dir(job.id)
         files = [write_report(outcome.sr, folder)]
-        if self.picture:
-            picture = self._picture(job, outcome, folder)
-            if picture is not None:
-                files.append(picture)
+        if self.secondary_capture:
+            sc_path = self._secondary_capture(job, outcome, folder)
+            if sc_path is not None:
+                files.append(sc_path)
         if self.pdf:
             pdf_path = self._pdf(job, outcome, folder)
             if pdf_path is not None:
@@ -192,28 +192,28 @@ class Worker:
                     job.id, outcome.sr_sop_instance_uid, outcome.sop_instance_uid,
                     t.get("read_s", 0.0), t.get("pixels_s", 0.0), t.get("caption_s", 0.0))
 
-    def _picture(self, job: Job, outcome: CaptionResult, folder: Path) -> Path | None:
-        """Write the Secondary Capture picture; a failure is logged and the SR goes alone."""
+    def _secondary_capture(self, job: Job, outcome: CaptionResult, folder: Path) -> Path | None:
+        """Write the Secondary Capture (the image with its caption); a failure is logged and the SR goes alone."""
         from io import BytesIO
 
         from medblip_dicom.errors import MedblipError
         from medblip_dicom.pixels import dataset_to_image
         from medblip_dicom.reading import read_image
 
-        from medblip_dicom.secondary_capture import build_picture
+        from medblip_dicom.secondary_capture import build_secondary_capture
 
         try:
             found = read_image(self.spool.input_path(job))
             image = dataset_to_image(found.dataset, outcome.frame_index, label=f"job {job.id}")
             caption = outcome.caption
-            sc = build_picture(found.dataset, image, caption, outcome.sr, self.captioner.identity)
+            sc = build_secondary_capture(found.dataset, image, caption, outcome.sr, self.captioner.identity)
             buf = BytesIO()
             sc.save_as(buf, enforce_file_format=True)
             target = folder / f"{sc.SOPInstanceUID}.dcm"
             atomic_write_bytes(target, buf.getvalue())
             return target
         except (MedblipError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            logger.warning("job %d: no picture (%s: %s); the SR goes alone", job.id, type(exc).__name__,
+            logger.warning("job %d: no Secondary Capture (%s: %s); the SR goes alone", job.id, type(exc).__name__,
                            self._scrub(str(exc), job))
             return None
 

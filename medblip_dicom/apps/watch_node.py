@@ -46,7 +46,7 @@ A Storage SCP (and C-ECHO): send studies to it with C-STORE, e.g.
 Each instance is written to the spool before the node answers success; it is captioned in the
 background and the SR goes to --out and/or --forward (AET@HOST:PORT). It listens on 127.0.0.1
 unless --host or [node] host says otherwise. With --dicomweb-port it also takes STOW-RS
-(POST http://127.0.0.1:P/dicom-web/studies; tokens, TLS and the body limit in [dicomweb]).
+(POST http://127.0.0.1:P/dicom-web/studies; tokens and the body limit in [dicomweb], TLS in [dicomweb.tls]).
 Stop with Ctrl-C or SIGTERM.
 """
 
@@ -58,6 +58,20 @@ examples:
 Prints the queue depth (received, processing, reported), done (delivered, skipped), failed, and the
 oldest pending job with its last delivery error. Reads the journal only; safe while services run.
 """
+
+
+class _OldSecondaryCaptureFlag(argparse.Action):
+    """``--picture``, the old spelling of ``--secondary-capture``: still accepted, with a warning naming the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, "secondary_capture", nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        # said on stderr at once: logging is set up only after the flags are parsed
+        print(f"{parser.prog}: --picture is now --secondary-capture; the old flag is still read, "
+              "write --secondary-capture instead", file=sys.stderr)
+        setattr(namespace, self.dest, True)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +87,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool", type=Path, default=None,
                         help="spool folder on a local disk ([spool] dir; default $XDG_STATE_HOME/medblip/spool, "
                         "i.e. ~/.local/state/medblip/spool)")
-    parser.add_argument("--picture", action="store_true", default=None,
-                        help="also write a Secondary Capture picture with the caption ([output] picture)")
+    parser.add_argument("--secondary-capture", action="store_true", default=None,
+                        help="also write a Secondary Capture: the image with its caption beneath, for viewers "
+                        "that do not show SR ([output] secondary_capture)")
+    parser.add_argument("--picture", action=_OldSecondaryCaptureFlag, help=argparse.SUPPRESS)  # the old spelling
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve /metrics, /healthz and /readyz on this port ([metrics] port; 127.0.0.1 "
                         "unless [metrics] host says otherwise)")
@@ -109,8 +125,8 @@ def add_commands(subparsers: Any) -> None:
     node.add_argument("--allow", action="append", default=None, metavar="AET",
                       help="allow this calling AE title (repeatable; default: any)")
     node.add_argument("--dicomweb-port", type=int, default=None, metavar="P",
-                      help="also take STOW-RS on this port: POST /dicom-web/studies ([dicomweb] port; host, tokens, "
-                      "TLS and the body limit in [dicomweb])")
+                      help="also take STOW-RS on this port: POST /dicom-web/studies ([dicomweb] port; host, tokens "
+                      "and the body limit in [dicomweb], TLS in [dicomweb.tls])")
     _add_common(node)
     node.set_defaults(func=cmd_node, service=True)
 
@@ -131,7 +147,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "model": {"path": args.model, "device": args.device, "dtype": args.dtype},
         "worker": {"batch_size": args.batch_size},
         "spool": {"dir": args.spool},
-        "output": {"dir": args.out, "picture": args.picture},
+        "output": {"dir": args.out, "secondary_capture": args.secondary_capture},
         "forward": {"destination": args.forward, "dicomweb_url": args.forward_dicomweb},
         "metrics": {"port": args.metrics_port},
     }

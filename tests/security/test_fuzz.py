@@ -544,7 +544,7 @@ def _check_config_outcome(path: Path, document: dict[str, Any] | None) -> None:
             assert str(path) in message, f"the error does not name the file: {message}"
             if document is not None:
                 assert "not valid TOML" not in message, f"the test wrote invalid TOML: {message}"
-                section = re.search(r"\[\[?([a-z_.]+)\]?\]|unknown section", message)
+                section = re.search(r"\[\[?([a-z0-9_.]+)\]?\]|unknown section", message)
                 assert section, f"the error names no table: {message}"
                 name = (section.group(1) or "").split(".")[0]
                 if name in TABLES:

@@ -177,15 +177,15 @@ def test_the_secondary_capture_holds_the_caption_as_the_sr_does(td, tmp_path):
     from medblip_dicom.pixels import dataset_to_image
     from medblip_dicom.report import build_report
 
-    from medblip_dicom.secondary_capture import build_picture
+    from medblip_dicom.secondary_capture import build_secondary_capture
 
     source = pydicom.dcmread(td("CT_small.dcm"))
     identity = ModelIdentity("tiny-blip", "v1.0", "ab" * 32, "test")
     emitted = f"{ROCO_CAPTION}\x00\x1b; 肺結節"
     sr = build_report(source, emitted, identity)
-    picture = build_picture(source, dataset_to_image(source), emitted, sr, identity)
+    built = build_secondary_capture(source, dataset_to_image(source), emitted, sr, identity)
     path = tmp_path / "sc.dcm"
-    picture.save_as(path, enforce_file_format=True)
+    built.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
     sc = pydicom.dcmread(path)
     assert sc.SpecificCharacterSet == "ISO_IR 192"

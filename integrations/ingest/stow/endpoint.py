@@ -152,11 +152,12 @@ class StowEndpoint:
         import uvicorn
 
         cfg = self.config
-        if cfg.tls:  # a certificate that does not load is named here, not in uvicorn's thread
+        if cfg.tls.enabled:  # a certificate that does not load is named here, not in uvicorn's thread
             try:
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cfg.cert), str(cfg.key))
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cfg.tls.cert), str(cfg.tls.key))
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"[dicomweb] cert/key: cannot load {cfg.cert} with {cfg.key} ({exc})") from None
+                raise ConfigError(f"[dicomweb.tls] cert/key: cannot load {cfg.tls.cert} with {cfg.tls.key} "
+                                  f"({exc})") from None
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -168,7 +169,7 @@ class StowEndpoint:
         sock.listen(128)
         sock.setblocking(False)
         self._socket = sock
-        tls = {"ssl_certfile": str(cfg.cert), "ssl_keyfile": str(cfg.key)} if cfg.tls else {}
+        tls = {"ssl_certfile": str(cfg.tls.cert), "ssl_keyfile": str(cfg.tls.key)} if cfg.tls.enabled else {}
         # proxy_headers off: the peer in logs and in the audit trail is the socket's, never an
         # X-Forwarded-For that any local client could send (uvicorn believes it from 127.0.0.1).
         config, self.guard = guarded_config(self.app, limits=LIMITS, log_level="warning", access_log=False,
@@ -190,7 +191,7 @@ class StowEndpoint:
             pass
         if not server.started:
             raise RuntimeError("the STOW-RS endpoint did not start (see the log)")
-        logger.info("STOW-RS endpoint listening on %s://%s:%d/dicom-web/studies (%s)", "https" if cfg.tls else "http",
+        logger.info("STOW-RS endpoint listening on %s://%s:%d/dicom-web/studies (%s)", "https" if cfg.tls.enabled else "http",
                     cfg.host, self.port, "bearer tokens" if self.tokens else "no token: loopback only")
 
     def stop(self, grace_s: float = 5.0) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from medblip_dicom.integrations.config.file import ConfigError, Destination, load_config
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "deployment" / "configuration.md"
+REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "deployment" / "configuration.md"
 
 
 def reference_toml() -> str:
@@ -35,7 +35,7 @@ def test_defaults_are_safe():
     config = load_config(None)
     assert config.node.host == "127.0.0.1"  # loopback unless told otherwise
     assert not config.node.tls.enabled and config.node.allowed_calling_aets == ()
-    assert config.output.picture is False and config.output.study_quiet_s == 0
+    assert config.output.secondary_capture is False and config.output.study_quiet_s == 0
     assert not config.has_sink
 
 
@@ -59,7 +59,7 @@ def test_flags_override_the_file_and_relative_paths_follow_the_file(tmp_path):
     ('[forward]\nretry_initial_s = 10\nretry_max_s = 1\n', "[forward] retry_max_s"),
     ('[worker]\nbatch_size = 0\n', "[worker] batch_size"),
     ('[model]\ndtype = "int8"\n', "[model] dtype"),
-    ('[output]\npicture = "yes"\n', "[output] picture"),
+    ('[output]\nsecondary_capture = "yes"\n', "[output] secondary_capture"),
     ('[watch]\nignore = "*.tmp"\n', "[watch] ignore"),
     ('[select]\nper_series = "all"\n', "[select] per_series"),
     ('[[select.rule]]\naction = "skip"\nmodalty = ["CT"]\n', "unknown key 'modalty'"),

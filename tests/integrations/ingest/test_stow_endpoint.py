@@ -49,7 +49,7 @@ def node(tmp_path, run_service):
         config = make_config(tmp_path, node={"port": free_port()}, output={"dir": str(tmp_path / "out")},
                              dicomweb={"port": port, **dicomweb})
         service = run_service(config, node=True)
-        scheme = "https" if dicomweb.get("cert") else "http"
+        scheme = "https" if dicomweb.get("tls") else "http"
         return service, f"{scheme}://127.0.0.1:{port}/dicom-web"
     return start
 
@@ -179,7 +179,7 @@ def test_a_full_spool_answers_out_of_resources(tmp_path, td, run_service):
 
 def test_with_tls_plain_http_is_not_answered_and_https_is(tmp_path, td, node, tool):
     certs = make_certificates(tmp_path / "certs", tool("openssl"))
-    service, url = node(cert=str(certs["server.pem"]), key=str(certs["server.key"]))
+    service, url = node(tls={"cert": str(certs["server.pem"]), "key": str(certs["server.key"])})
     body = multipart(_files(td, tmp_path / "in", 1)[0].read_bytes())
     headers = {"Content-Type": DICOM_MULTIPART}
     with pytest.raises(requests.ConnectionError):
@@ -196,7 +196,8 @@ def test_the_stow_sink_verifies_tls_with_its_ca_and_sends_its_token(tmp_path, td
     certs = make_certificates(tmp_path / "certs", tool("openssl"))
     (tmp_path / "token").write_text("the-token\n")
     (tmp_path / "wrong").write_text("not-the-token\n")
-    service, url = node(cert=str(certs["server.pem"]), key=str(certs["server.key"]), token_file=str(tmp_path / "token"))
+    service, url = node(tls={"cert": str(certs["server.pem"]), "key": str(certs["server.key"])},
+                        token_file=str(tmp_path / "token"))
     path = _files(td, tmp_path / "in", 1)[0]
     ok = StowClient(url, ForwardDicomwebConfig(token_file=tmp_path / "token", ca=certs["ca.pem"])).send([path])
     assert [o.delivered for o in ok] == [True] and len(service.spool.jobs()) == 1
@@ -221,9 +222,9 @@ def test_a_certificate_that_does_not_load_is_named_at_start(tmp_path):
     (tmp_path / "cert.pem").write_text("not a certificate")
     spool = Spool(tmp_path / "spool", min_free_bytes=0)
     try:
-        endpoint = StowEndpoint(StowReceiver(spool), DicomwebConfig(port=free_port(), cert=tmp_path / "cert.pem",
-                                                                    key=tmp_path / "cert.pem"))
-        with pytest.raises(ConfigError, match=r"\[dicomweb\] cert/key: cannot load .*cert.pem"):
+        tls = {"cert": tmp_path / "cert.pem", "key": tmp_path / "cert.pem"}
+        endpoint = StowEndpoint(StowReceiver(spool), DicomwebConfig(port=free_port(), tls=tls))
+        with pytest.raises(ConfigError, match=r"\[dicomweb\.tls\] cert/key: cannot load .*cert.pem"):
             endpoint.start()
     finally:
         spool.close()

@@ -118,11 +118,11 @@ def test_model_that_keeps_failing_fails_the_job_after_a_few_attempts(spool, capt
     assert job.state is JobState.FAILED and "device lost" in job.reason
 
 
-def test_picture_is_a_valid_secondary_capture_of_the_image_with_its_caption(spool, captioner, td, tool):
+def test_the_secondary_capture_is_valid_and_shows_the_image_with_its_caption(spool, captioner, td, tool):
     from tests.support.env import run_tool
 
     dciodvfy = tool("dciodvfy")
-    worker = Worker(spool, captioner, batch_size=2, prepare_workers=0, picture=True, select=EACH)
+    worker = Worker(spool, captioner, batch_size=2, prepare_workers=0, secondary_capture=True, select=EACH)
     source = pydicom.dcmread(td("RG1_UNCI.dcm"))
     admission = spool.add_file(td("RG1_UNCI.dcm"), origin="test", name="cr.dcm")
     worker.process_available()
@@ -145,11 +145,11 @@ def test_picture_is_a_valid_secondary_capture_of_the_image_with_its_caption(spoo
     proc = run_tool([dciodvfy, str(sc_path)])
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
     assert not errors, "\n".join(errors)
-    # Same source and model: the same picture UID (idempotent, like the SR).
+    # Same source and model: the same Secondary Capture UID (idempotent, like the SR).
     spool.finish(job.id, JobState.DELIVERED)
     again = spool.add_file(reissued(td, "RG1_UNCI.dcm", spool.root.parent / "src"), origin="test", name="x")
     worker.process_available()
     other = pydicom.dcmread(spool.root / spool.job(again.job_id).reports[1])
     assert other.SOPInstanceUID != sc.SOPInstanceUID  # a different source instance ...
-    assert other.SeriesInstanceUID == sc.SeriesInstanceUID  # ... of the same series: one picture series
+    assert other.SeriesInstanceUID == sc.SeriesInstanceUID  # ... of the same series: one SC series
     assert np.asarray(other.pixel_array).shape == pixels.shape
