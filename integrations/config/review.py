@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from medblip_dicom.dicomtext import TextError, dicom_text
 from medblip_dicom.integrations.config.checks import (
-    check_bind_host, check_bool, check_int, check_port, check_positive, fail, sub_table,
+    ConfigError, check_bind_host, check_bool, check_int, check_port, check_positive, fail, shown, sub_table,
 )
 from medblip_dicom.integrations.config.tls import ReviewTLSConfig
 
@@ -30,8 +31,12 @@ class ReviewConfig:
             check_bool("review", name, getattr(self, name))
         check_bind_host("review", "host", self.host)
         check_port("review", "port", self.port)
-        if not isinstance(self.organization, str) or len(self.organization) > 64:
-            fail("review", "organization", "must be a text of at most 64 characters (DICOM LO)")
+        if not isinstance(self.organization, str):
+            fail("review", "organization", f"must be a text (DICOM LO), got {shown(self.organization)}")
+        try:  # the value signed reports and rejection notes name: the DICOM text rule, checked now
+            object.__setattr__(self, "organization", dicom_text(self.organization, "LO", what="[review] organization"))
+        except TextError as exc:
+            raise ConfigError(str(exc)) from None
         check_positive("review", "session_idle_s", self.session_idle_s)
         check_int("review", "max_login_failures", self.max_login_failures, 1)
         object.__setattr__(self, "tls", sub_table(ReviewTLSConfig, self.tls, "review.tls"))

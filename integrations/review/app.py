@@ -1,9 +1,11 @@
-"""The review station's web app (FastAPI): pages (:mod:`.pages`) and the JSON API (:mod:`.api`).
+"""The review station's web app (FastAPI): pages (:mod:`.routes.pages`) and the JSON API (:mod:`.routes.api`).
 
-:func:`create_app` wires one :class:`ReviewContext` (store, accounts, sessions, settings) into a
-FastAPI app; :func:`serve` runs it under uvicorn, bound to 127.0.0.1 unless told otherwise, with
-TLS when a certificate and key are given. Every response carries headers that keep it out of
-frames and caches and allow scripts and styles from the app itself only.
+:func:`create_app` makes one :class:`~.deps.Station` (store, accounts, sessions, templates,
+settings) that every route receives as a typed dependency (:mod:`.deps`); :func:`serve` runs the
+app under uvicorn, bound to 127.0.0.1 unless told otherwise, with TLS when a certificate and key
+are given. Every response carries headers that keep it out of frames and caches and allow scripts
+and styles from the app itself only. An error is answered as JSON (``{"detail": ...}``) under
+``/api/`` and as one line of text elsewhere; a page without a session redirects to ``/login``.
 
 The client address that logins are throttled by is the socket's peer: uvicorn's proxy headers
 are off, so no ``X-Forwarded-For`` is believed (by default uvicorn believes it from 127.0.0.1,
@@ -16,7 +18,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medblip_dicom.integrations.review.accounts import MAX_CONCURRENT_HASHES, Accounts
-from medblip_dicom.integrations.review.security import LoginRequired, Sessions
-from medblip_dicom.integrations.review.signing import Reviewer
+from medblip_dicom.integrations.review.deps import LoginRequired, Station, attach
+from medblip_dicom.integrations.review.security import Sessions
 from medblip_dicom.integrations.review.store import ReviewStore
 
 logger = logging.getLogger(__name__)
@@ -45,33 +46,18 @@ _HEADERS = {
 }
 
 
-@dataclass
-class ReviewContext:
-    """What the routes need: the store, the accounts, the sessions and the settings."""
-
-    store: ReviewStore
-    accounts: Accounts
-    sessions: Sessions
-    organization: str = ""
-    secure_cookies: bool = False
-
-    def reviewer(self, username: str, person_name: str) -> Reviewer:
-        return Reviewer(username, person_name, self.organization)
-
-
 def create_app(store: ReviewStore, *, organization: str = "", secure_cookies: bool = False,
                session_idle_s: float = 1800.0, max_login_failures: int = 5,
                max_concurrent_hashes: int = MAX_CONCURRENT_HASHES) -> FastAPI:
     """The app for one spool's review store (cookies Secure when `secure_cookies`, i.e. under TLS;
     at most `max_concurrent_hashes` password hashes at once)."""
-    from medblip_dicom.integrations.review import api, pages
+    from medblip_dicom.integrations.review.routes import api, pages
 
     accounts = Accounts(store.db, max_failures=max_login_failures, max_concurrent_hashes=max_concurrent_hashes)
-    app = FastAPI(title="medblip review station", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.review = ReviewContext(store, accounts, Sessions(store.db, accounts, idle_s=session_idle_s),
-                                     organization, secure_cookies)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)  # captions as text
-    app.state.templates = Jinja2Templates(env=env)
+    app = FastAPI(title="medblip review station", docs_url=None, redoc_url=None, openapi_url=None)
+    attach(app, Station(store, accounts, Sessions(store.db, idle_s=session_idle_s), Jinja2Templates(env=env),
+                        organization, secure_cookies))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:

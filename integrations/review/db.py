@@ -119,6 +119,9 @@ DROPPED_TABLES = ("review_throttle",)
 class ReviewDatabase(LockedConnection):
     """One connection to the spool's journal, behind a lock; the review tables created on open."""
 
+    #: How long a write waits for another process's write transaction before it fails.
+    BUSY_TIMEOUT_S = 30.0
+
     def __init__(self, spool_dir: str | Path) -> None:
         self.root = Path(spool_dir)
         self.path = self.root / "journal.sqlite"
@@ -127,11 +130,12 @@ class ReviewDatabase(LockedConnection):
                              "with this spool once, or pass the right --spool")
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=self.BUSY_TIMEOUT_S)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_S * 1000)}")
             self._db.executescript(SCHEMA)
             self._upgrade()
         except sqlite3.Error as exc:

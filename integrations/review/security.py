@@ -1,16 +1,14 @@
-"""Sessions, CSRF and the two authentication dependencies every route declares.
+"""Sessions and CSRF: the state behind the two authentication dependencies of :mod:`.deps`.
 
 - Pages: a server-side session (table ``review_sessions``; the cookie holds a random id, the table
   its SHA-256) with an idle timeout; the cookie is HttpOnly, SameSite=Strict, and Secure under
-  TLS. Without a live session a page redirects to ``/login`` (:class:`LoginRequired`). A session
-  lives only while its reviewer is enabled and has the credential epoch the session was made at
-  (a new password, disabling or removing the reviewer ends it: :class:`~.accounts.Accounts`).
+  TLS. Without a live session a page redirects to ``/login`` (:data:`~.deps.PageSession`). A
+  session lives only while its reviewer is enabled and has the credential epoch the session was
+  made at (a new password, disabling or removing the reviewer ends it: :class:`~.accounts.Accounts`).
 - Forms: every form carries the session's CSRF token (the login form a pre-session one, doubled in
-  a cookie); a POST without the right token is refused with 403.
-- API: ``Authorization: Bearer TOKEN`` (:meth:`Accounts.add_token`); 401 otherwise.
-
-Routes take ``PageUser`` / ``ApiUser`` (``Annotated[..., Depends(...)]``), so no route can forget
-authentication.
+  a cookie); a POST without the right token is refused with 403 (:func:`check_csrf`).
+- API: ``Authorization: Bearer TOKEN`` (:meth:`~.accounts.Accounts.add_token`); 401 otherwise
+  (:data:`~.deps.ApiUser`).
 """
 
 from __future__ import annotations
@@ -19,35 +17,29 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException
 
-from medblip_dicom.integrations.review.accounts import Accounts, User
+from medblip_dicom.integrations.review.accounts import User
 from medblip_dicom.integrations.review.db import ReviewDatabase
 
 SESSION_COOKIE = "medblip_review_session"
 LOGIN_CSRF_COOKIE = "medblip_review_login"
-#: A DICOM UID in a URL: digits and dots, at most 64 characters (no path traversal possible).
-UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
-
-
-class LoginRequired(Exception):
-    """Raised by :func:`page_user` without a live session: the app answers with a redirect to /login."""
 
 
 @dataclass(frozen=True)
 class Session:
+    """A live page session: its reviewer and the CSRF token its forms carry."""
+
     user: User
     csrf: str
 
 
 class Sessions:
-    """Server-side sessions with an idle timeout."""
+    """Server-side sessions with an idle timeout (in the journal: they outlive a restart)."""
 
-    def __init__(self, db: ReviewDatabase, accounts: Accounts, *, idle_s: float) -> None:
+    def __init__(self, db: ReviewDatabase, *, idle_s: float) -> None:
         self.db = db
-        self.accounts = accounts
         self.idle_s = idle_s
 
     def create(self, user: User) -> tuple[str, str]:
@@ -85,30 +77,8 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def page_session(request: Request) -> Session:
-    """The dependency of every page: the live session, else a redirect to /login."""
-    session = request.app.state.review.sessions.get(request.cookies.get(SESSION_COOKIE))
-    if session is None:
-        raise LoginRequired()
-    return session
-
-
-def api_user(request: Request) -> User:
-    """The dependency of every API route: the user of a valid bearer token, else 401."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    user = request.app.state.review.accounts.user_for_token(token.strip()) \
-        if scheme.lower() == "bearer" and token.strip() else None
-    if user is None:
-        raise HTTPException(status_code=401, detail="a valid API token is needed: Authorization: Bearer TOKEN",
-                            headers={"WWW-Authenticate": "Bearer"})
-    return user
-
-
 def check_csrf(expected: str | None, given: str | None) -> None:
     """403 unless the form's token matches (constant-time comparison)."""
     if not expected or not given or not secrets.compare_digest(str(expected), str(given)):
         raise HTTPException(status_code=403, detail="the form's CSRF token is missing or wrong; reload the page")
 
-
-PageSession = Annotated[Session, Depends(page_session)]
-ApiUser = Annotated[User, Depends(api_user)]

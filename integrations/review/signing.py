@@ -39,12 +39,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medblip_dicom import __version__
-from medblip_dicom.dicomtext import declare_character_set, dicom_text
+from medblip_dicom.dicomtext import TextError, declare_character_set, dicom_text
 from medblip_dicom.errors import ReportError
 from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.report import MANUFACTURER, content_tree, evidence_view, is_multiframe_class
 from medblip_dicom.report_view import CaptionReport
-from medblip_dicom.uids import stable_uid
+from medblip_dicom.uids import is_dicom_uid, stable_uid
 
 #: Series Description of signed reports and of rejection notes (LO, at most 64 characters).
 SIGNED_SERIES_DESCRIPTION = "AI caption reviewed and signed by a radiologist"
@@ -54,6 +54,10 @@ REJECTION_SERIES_NUMBER = 992
 #: The review outcome beside the finding: "AI text kept unchanged" or "AI text edited".
 REVIEW_OUTCOME = CodedConcept("REVIEW-OUTCOME", "99MEDBLIP", "Review outcome")
 KEPT, EDITED = "AI text kept unchanged", "AI text edited"
+#: The longest text a reviewer signs and the longest rejection reason, in characters once
+#: whitespace runs are collapsed (:func:`signed_text`, :func:`rejection_reason`).
+SIGNED_TEXT_MAX_CHARS = 20000
+REASON_MAX_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,31 @@ def normalise_text(text: str, what: str = "the text") -> str:
     return " ".join(dicom_text(text, "UT", what=what).split())
 
 
+def _required(text: str, what: str, max_chars: int, empty: str) -> str:
+    """:func:`normalise_text`, refused with a TextError when nothing is left (`empty` says what to do)
+    or more than `max_chars` characters are."""
+    text = normalise_text(text, what)
+    if not text:
+        raise TextError(f"{what} is empty; {empty}", what=what)
+    if len(text) > max_chars:
+        raise TextError(f"{what} has {len(text)} characters; at most {max_chars} are kept: shorten it", what=what)
+    return text
+
+
 def signed_text(text: str) -> str:
-    """:func:`normalise_text` for the text a reviewer signs (its errors say "the signed text")."""
-    return normalise_text(text, "the signed text")
+    """The text a reviewer signs, as it is signed (:func:`normalise_text`; errors say "the signed
+    text"): an empty text, or one longer than :data:`SIGNED_TEXT_MAX_CHARS`, is refused with a
+    :class:`~medblip_dicom.dicomtext.TextError` (a signed report without a finding says nothing)."""
+    return _required(text, "the signed text", SIGNED_TEXT_MAX_CHARS, "write a finding or reject the report")
 
 
 def rejection_reason(reason: str) -> str:
-    """:func:`normalise_text` for a rejection reason (its errors say "the rejection reason")."""
-    return normalise_text(reason, "the rejection reason")
+    """A rejection reason, as it is recorded (:func:`normalise_text`; errors say "the rejection
+    reason"): required, on the pages as in the API, and at most :data:`REASON_MAX_CHARS` characters.
+    A rejection without a reason helps nobody downstream: the reason is what the audit trail, the
+    rejection note sent to the PACS and the training export (``feedback.rejected.jsonl``) hold."""
+    return _required(reason, "the rejection reason", REASON_MAX_CHARS,
+                     "say what is wrong with the AI report (the rejection note and the training export keep it)")
 
 
 def caption_text(caption: str) -> str:
@@ -140,16 +161,16 @@ def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, r
 
     `predecessor` is `ai_sr` itself, or the previous signed report (an amendment; its four UIDs are
     enough); `source` is the source instance's header (:func:`source_header` of `ai_sr` will do).
-    Raises ReportError for an empty text or content that highdicom refuses.
+    Raises TextError for a text :func:`signed_text` refuses (empty, too long, a character DICOM
+    text cannot hold), ReportError for content that highdicom refuses.
     """
     ai = CaptionReport.from_dataset(ai_sr)
     label = ai.sop_instance_uid
     text = signed_text(text)
-    if not text:
-        raise ReportError(label, "the signed text is empty; write a finding or reject the report")
     if str(source.SOPInstanceUID) != ai.source_sop_instance_uid:
         raise ReportError(label, f"the source {source.SOPInstanceUID} is not the AI report's source")
-    identity = ModelIdentity(ai.model_name, ai.model_version, ai.weights_sha256, "review")
+    identity = ModelIdentity(ai.model_name, ai.model_version, ai.weights_sha256, "review",
+                             architecture=ai.architecture, prompt=ai.prompt)
     person_name, organization = _person(reviewer)
     person = hd.sr.PersonObserverIdentifyingAttributes(name=person_name, organization_name=organization or None)
     outcome = hd.sr.TextContentItem(name=REVIEW_OUTCOME, value=KEPT if text == caption_text(ai.caption) else EDITED,
@@ -198,14 +219,15 @@ def _set_device_uid(content: Dataset, device_uid: str) -> None:
 
 def build_rejection_note(ai_sr: Dataset, reviewer: Reviewer, reason: str) -> hd.ko.KeyObjectSelectionDocument:
     """A Key Object Selection "Rejected for Quality Reasons" (113001, DCM) referencing `ai_sr`, with
-    `reason` as its Key Object Description (a TEXT item: UT, kept whole)."""
+    `reason` as its Key Object Description (a TEXT item: UT, kept whole; :func:`rejection_reason`
+    refuses an empty one)."""
     ai = CaptionReport.from_dataset(ai_sr)
     person_name, organization = _person(reviewer)
     person = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
             name=person_name, organization_name=organization or None))
-    reason = rejection_reason(reason) or "rejected"
+    reason = rejection_reason(reason)
     try:
         content = hd.ko.KeyObjectSelection(document_title=codes.DCM.RejectedForQualityReasons,
                                            referenced_objects=[ai_sr], observer_person_context=person,
@@ -235,6 +257,6 @@ def encode(ds: Dataset) -> bytes:
 def document_name(ds: Dataset) -> str:
     """``<SOPInstanceUID>.dcm`` (digits and dots only: safe as a file name)."""
     uid = str(ds.SOPInstanceUID)
-    if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
+    if not is_dicom_uid(uid):
         raise ReportError(uid[:80], "not a valid UID for a file name")
     return f"{uid}{os.extsep}dcm"

@@ -51,9 +51,10 @@ from medblip_dicom.fileio import atomic_write_bytes, fsync_dir, remove_stale_tem
 from medblip_dicom.report_view import COMPREHENSIVE_SR, CaptionReport
 
 from medblip_dicom.integrations.review.db import ReviewDatabase
+from medblip_dicom.integrations.spool.rows import SpoolError
 from medblip_dicom.integrations.review.signing import (
-    Reviewer, build_rejection_note, build_signed_report, caption_text, document_name, encode, normalise_text,
-    signed_series_uid, source_header,
+    Reviewer, build_rejection_note, build_signed_report, caption_text, document_name, encode, rejection_reason,
+    signed_series_uid, signed_text, source_header,
 )
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,10 @@ class ReviewStore:
         `predecessor` is the version the reviewer saw (the AI report's UID by default): if another
         reviewer signed meanwhile, :class:`ReviewConflict` says who. The same text as the current
         version returns that version (``created`` False). Raises ReviewNotFound, ReviewConflict, or
-        ReportError for an empty text.
+        TextError for a text :func:`~.signing.signed_text` refuses (checked first: empty, too long, a
+        character DICOM text cannot hold).
         """
-        text = normalise_text(text)
+        text = signed_text(text)
         with self.db.write() as db:
             item = self._locked_item(db, ai_uid)
             if item["state"] == REJECTED:
@@ -249,10 +251,9 @@ class ReviewStore:
 
     def reject(self, ai_uid: str, reviewer: Reviewer, reason: str) -> str | None:
         """Reject the AI report with `reason`; with ``send_rejection_note`` an IOCM note is enqueued.
-        Returns the note's UID (or None). Raises ReviewNotFound, ReviewConflict (already decided)."""
-        reason = normalise_text(reason)
-        if not reason:
-            raise ReviewError("give a reason for the rejection")
+        Returns the note's UID (or None). Raises TextError for a reason :func:`~.signing.rejection_reason`
+        refuses (checked first: a reason is required), ReviewNotFound, ReviewConflict (already decided)."""
+        reason = rejection_reason(reason)
         with self.db.write() as db:
             item = self._locked_item(db, ai_uid)
             if item["state"] != PENDING:
@@ -336,21 +337,32 @@ class ReviewStore:
         transaction of the journal, and a signature holds that lock from before its file is written
         until its row is committed, so every file seen here is either committed (kept) or left by a
         transaction that ended without its row (removed). A temporary file is removed only when the
-        process that wrote it is gone. Returns how many files went.
+        process that wrote it is gone. Returns how many files went; raises SpoolError (one sentence)
+        when the journal stays locked by another process longer than its busy timeout, or a file
+        cannot be removed.
         """
         removed = 0
-        with self.db.write() as db:
-            known = {r[0] for r in db.execute("SELECT file FROM review_signed")}
-            known |= {f"review/notes/{r[0]}.dcm" for r in db.execute(
-                "SELECT current_uid FROM review_items WHERE state=? AND current_uid IS NOT NULL", (REJECTED,))}
-            for sub in ("signed", "notes"):
-                folder = self.root / "review" / sub
-                removed += remove_stale_temp_files(folder)
-                for path in folder.iterdir():
-                    if _TEMP_NAME.match(path.name) or f"review/{sub}/{path.name}" in known:
-                        continue
-                    path.unlink(missing_ok=True)
-                    removed += 1
+        try:
+            with self.db.write() as db:
+                known = {r[0] for r in db.execute("SELECT file FROM review_signed")}
+                known |= {f"review/notes/{r[0]}.dcm" for r in db.execute(
+                    "SELECT current_uid FROM review_items WHERE state=? AND current_uid IS NOT NULL", (REJECTED,))}
+                for sub in ("signed", "notes"):
+                    folder = self.root / "review" / sub
+                    removed += remove_stale_temp_files(folder)
+                    for path in folder.iterdir():
+                        if _TEMP_NAME.match(path.name) or f"review/{sub}/{path.name}" in known:
+                            continue
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        except (sqlite3.Error, OSError) as exc:
+            held = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            raise SpoolError(
+                f"{self.db.path if held else self.root / 'review'}: cannot look for signed reports an interrupted "
+                f"signature left ({type(exc).__name__}: {exc}); " + (
+                    f"another process (a service, a station, a script) held the journal for more than "
+                    f"{self.db.BUSY_TIMEOUT_S:g} s: start again when it has finished" if held else
+                    "check that the spool's folder is readable and writable by this user")) from None
         if removed:
             logger.warning("removed %d uncommitted signed report(s) left by an interrupted signature", removed)
         return removed

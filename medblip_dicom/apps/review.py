@@ -161,19 +161,23 @@ def serve(args: argparse.Namespace) -> int:
     if opened is None:
         return EXIT_USAGE
     config, store = opened
+    from medblip_dicom.errors import MedblipError
     from medblip_dicom.integrations.review.app import create_app, serve as run_server
 
     r = config.review
-    if not r.enabled:
-        logger.warning("[review] enabled is false in %s: the services (watch, node) do not put AI reports under "
-                       "review, so this station's worklist gets nothing new (%d report(s) waiting now); set "
-                       "[review] enabled = true in the services' configuration",
-                       getattr(args, "config", None) or "the configuration", store.counts().get("pending", 0))
-    store.recover()
-    app = create_app(store, organization=r.organization, secure_cookies=r.tls.enabled,
-                     session_idle_s=r.session_idle_s, max_login_failures=r.max_login_failures)
     try:
+        if not r.enabled:
+            logger.warning("[review] enabled is false in %s: the services (watch, node) do not put AI reports under "
+                           "review, so this station's worklist gets nothing new (%d report(s) waiting now); set "
+                           "[review] enabled = true in the services' configuration",
+                           getattr(args, "config", None) or "the configuration", store.counts().get("pending", 0))
+        store.recover()  # a journal held by another process too long: one line, exit 1
+        app = create_app(store, organization=r.organization, secure_cookies=r.tls.enabled,
+                         session_idle_s=r.session_idle_s, max_login_failures=r.max_login_failures)
         run_server(app, host=r.host, port=r.port, cert=r.tls.cert, key=r.tls.key)
+    except MedblipError as exc:
+        say_error("review", exc)
+        return EXIT_FAILED
     except (OSError, SystemExit) as exc:
         say_error("review", f"cannot serve on {r.host}:{r.port}: {exc}")
         return EXIT_FAILED

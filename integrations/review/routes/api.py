@@ -2,41 +2,45 @@
 
 ``GET /api/worklist``, ``GET /api/reports/{sr_uid}``, ``POST /api/reports/{sr_uid}/sign``
 (``{"text": ..., "predecessor": optional UID}``) and ``POST /api/reports/{sr_uid}/reject``
-(``{"reason": ...}``). Answers: 401 without a valid token, 404 for an unknown report, 409 when
-someone else decided first (the message says who), 422 for a bad request; bodies are validated,
-and a text or reason holding a character DICOM text cannot hold (a control character, a line
-separator) is a 422 whose ``detail`` names the character (``U+XXXX``) and its position.
+(``{"reason": ...}``, required). Answers: 401 without a valid token, 404 for an unknown report, 409
+when someone else decided first (the message says who), 422 for a bad request; bodies are
+validated, and a text or reason holding a character DICOM text cannot hold (a control character, a
+line separator) is a 422 whose ``detail`` names the character (``U+XXXX``) and its position. The
+rules and the statuses are the pages' too (:mod:`.rules`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from medblip_dicom.errors import MedblipError
-from medblip_dicom.integrations.review.security import UID_PATTERN, ApiUser
-from medblip_dicom.integrations.review.signing import rejection_reason, signed_text
-from medblip_dicom.integrations.review.store import PENDING, ReviewConflict, ReviewError, ReviewNotFound, Signature
+from medblip_dicom.integrations.review.deps import ApiUser, CurrentStation
+from medblip_dicom.integrations.review.routes import rules
+from medblip_dicom.integrations.review.routes.rules import Filters, Uid
+from medblip_dicom.integrations.review.store import ReviewStore, Signature
 
 router = APIRouter(prefix="/api")
-Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64)]
 
 
 class SignBody(BaseModel):
+    """A signature: the text (empty is refused by the one text rule) and the version the reviewer saw."""
+
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(max_length=20000)
-    predecessor: str | None = Field(default=None, pattern=UID_PATTERN, max_length=64)
+    text: str = ""
+    predecessor: Uid | None = None
 
 
 class RejectBody(BaseModel):
+    """A rejection: its reason (required by the one text rule: empty or blank is a 422 saying so)."""
+
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = ""
 
 
-def _item_json(store: Any, item: dict[str, Any]) -> dict[str, Any]:
+def _item_json(store: ReviewStore, item: dict[str, Any]) -> dict[str, Any]:
     name, patient_id = store.patient(item)
     keys = ("ai_uid", "study_uid", "source_uid", "modality", "study_date", "model_name", "model_version", "caption",
             "state", "current_uid", "reason", "decided_by", "created_at", "decided_at")
@@ -49,53 +53,27 @@ def _signature_json(s: Signature) -> dict[str, Any]:
 
 
 @router.get("/worklist")
-def worklist(request: Request, user: ApiUser,
-             modality: Annotated[str, Query(pattern=r"^[A-Za-z]{0,16}$")] = "",
-             date: Annotated[str, Query(pattern=r"^([0-9]{8})?$")] = "",
-             model: Annotated[str, Query(max_length=64)] = "",
-             state: Annotated[str, Query(pattern=r"^(pending|signed|rejected)$")] = PENDING) -> dict[str, Any]:
-    store = request.app.state.review.store
-    items = store.worklist(state=state, modality=modality, date=date, model=model)
+def worklist(current: CurrentStation, user: ApiUser, filters: Filters) -> dict[str, Any]:
+    store = current.store
+    items = store.worklist(state=filters.state, modality=filters.modality, date=filters.date, model=filters.model)
     return {"counts": store.counts(), "items": [_item_json(store, i) for i in items]}
 
 
 @router.get("/reports/{sr_uid}")
-def report(request: Request, user: ApiUser, sr_uid: Uid) -> dict[str, Any]:
-    store = request.app.state.review.store
-    try:
-        item = store.item(sr_uid)
-    except ReviewNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    store.db.audit(user.username, "view", sr_uid, "api")
-    return {**_item_json(store, item), "signatures": [_signature_json(s) for s in store.signatures(sr_uid)]}
+def report(current: CurrentStation, user: ApiUser, sr_uid: Uid) -> dict[str, Any]:
+    item = rules.find(current, sr_uid)
+    current.store.db.audit(user.username, "view", sr_uid, "api")
+    return {**_item_json(current.store, item),
+            "signatures": [_signature_json(s) for s in current.store.signatures(sr_uid)]}
 
 
 @router.post("/reports/{sr_uid}/sign")
-def sign(request: Request, user: ApiUser, sr_uid: Uid, body: SignBody) -> JSONResponse:
-    context = request.app.state.review
-    try:
-        text = signed_text(body.text)  # the DICOM text rule: a refused character is a 422 naming it
-        signature = context.store.sign(sr_uid, context.reviewer(user.username, user.person_name), text,
-                                       predecessor=body.predecessor)
-    except ReviewNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except ReviewConflict as exc:
-        raise HTTPException(409, str(exc)) from None
-    except (ReviewError, MedblipError) as exc:
-        raise HTTPException(422, str(exc)) from None
+def sign(current: CurrentStation, user: ApiUser, sr_uid: Uid, body: SignBody) -> JSONResponse:
+    signature = rules.sign(current, user, sr_uid, body.text, predecessor=body.predecessor)
     return JSONResponse(_signature_json(signature), status_code=201 if signature.created else 200)
 
 
 @router.post("/reports/{sr_uid}/reject")
-def reject(request: Request, user: ApiUser, sr_uid: Uid, body: RejectBody) -> dict[str, Any]:
-    context = request.app.state.review
-    try:
-        reason = rejection_reason(body.reason)
-        note = context.store.reject(sr_uid, context.reviewer(user.username, user.person_name), reason)
-    except ReviewNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except ReviewConflict as exc:
-        raise HTTPException(409, str(exc)) from None
-    except (ReviewError, MedblipError) as exc:
-        raise HTTPException(422, str(exc)) from None
+def reject(current: CurrentStation, user: ApiUser, sr_uid: Uid, body: RejectBody) -> dict[str, Any]:
+    note = rules.reject(current, user, sr_uid, body.reason)
     return {"ai_uid": sr_uid, "state": "rejected", "rejection_note_uid": note}

@@ -122,3 +122,41 @@ def test_stats_count_by_model_and_modality_with_edit_distance_bleu_and_a_plot(re
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["review", "stats", "--spool", str(rs.root)]) == 0
     assert "model version" in capsys.readouterr().out
+
+
+def test_a_journal_held_by_another_process_at_start_up_is_one_line(review_spool, monkeypatch, capsys):
+    import sqlite3
+
+    from medblip_dicom.integrations.review.db import ReviewDatabase
+    from medblip_dicom.integrations.review.store import ReviewStore
+
+    rs = review_spool(1)
+    monkeypatch.setattr(ReviewDatabase, "BUSY_TIMEOUT_S", 0.2)
+    other = sqlite3.connect(rs.root / "journal.sqlite", isolation_level=None)
+    recover = ReviewStore.recover
+
+    def held_meanwhile(store):  # another process takes the journal after the station opened it
+        other.execute("BEGIN IMMEDIATE")
+        return recover(store)
+
+    monkeypatch.setattr(ReviewStore, "recover", held_meanwhile)
+    try:
+        assert main(["review", "--spool", str(rs.root), "--port", str(free_port())]) == 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    err = capsys.readouterr().err
+    assert err.startswith("medblip review: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "journal.sqlite" in err and "held the journal for more than 0.2 s" in err
+
+
+@pytest.mark.parametrize("organization, words", [("St\tElsewhere", "position 3, U+0009"),
+                                                 ("Radiology\\\\Imaging", "position 10, U+005C"),
+                                                 ("x" * 65, "65 characters")])
+def test_an_organization_dicom_cannot_hold_fails_at_start_up(review_spool, tmp_path, capsys, organization, words):
+    rs = review_spool(1)
+    config = tmp_path / "medblip.toml"
+    config.write_text(f'[spool]\ndir = "{rs.root}"\n[review]\nport = {free_port()}\norganization = "{organization}"\n')
+    assert main(["review", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: [review] organization" in err and words in err and err.count("\n") == 1
