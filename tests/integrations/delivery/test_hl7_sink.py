@@ -55,6 +55,29 @@ def test_each_version_of_a_report_is_a_strict_oru_r01_with_its_result_status(tmp
     assert first.field("obr.obr_32") == "" and got[1].field("obr.obr_32") == "&Doe&Alice"
 
 
+def test_order_numbers_a_report_records_go_into_orc_and_obr(tmp_path):
+    """A report whose Referenced Request Sequence names the order: placer and filler numbers in ORC/OBR-2
+    and -3, the requested procedure ID in OBR-19 (a report without one leaves them empty, as above)."""
+    from pydicom.dataset import Dataset
+
+    docs = make_documents(tmp_path, AccessionNumber="ACC7")
+    ds = pydicom.dcmread(docs.ai)
+    request = Dataset()
+    request.StudyInstanceUID = ds.StudyInstanceUID
+    request.AccessionNumber = "ACC7"
+    request.PlacerOrderNumberImagingServiceRequest = "PLACER-1"
+    request.FillerOrderNumberImagingServiceRequest = "FILLER^2"
+    request.RequestedProcedureID = "RP-3"
+    ds.ReferencedRequestSequence = [request]
+    ds.save_as(docs.ai, enforce_file_format=True)
+    with Hl7Receiver() as receiver:
+        assert _sink(receiver.port).send([docs.ai])[0].delivered
+    (got,) = receiver.accepted()
+    assert (got.field("orc.orc_2"), got.field("obr.obr_2")) == ("PLACER-1", "PLACER-1")
+    assert unescape(got.field("orc.orc_3")) == unescape(got.field("obr.obr_3")) == "FILLER^2"
+    assert (got.field("obr.obr_18"), got.field("obr.obr_19")) == ("ACC7", "RP-3")
+
+
 def test_escaping_follows_the_hl7_rules():
     assert escape("a|b^c&d~e\\f") == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
     assert escape("line\rbreak\ttab") == "line\\X0D\\break\\X09\\tab"
