@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 #: Where the DejaVu fonts are looked for, in order (Debian/Ubuntu, Fedora, Arch, macOS/Homebrew).
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu-sans-fonts"),
-             Path("/usr/share/fonts/dejavu"), Path("/usr/share/fonts/TTF"), Path("/usr/local/share/fonts"),
-             Path("/opt/homebrew/share/fonts"), Path("/Library/Fonts"))
+             Path("/usr/share/fonts/dejavu-sans-mono-fonts"), Path("/usr/share/fonts/dejavu"),
+             Path("/usr/share/fonts/TTF"), Path("/usr/local/share/fonts"), Path("/opt/homebrew/share/fonts"),
+             Path("/Library/Fonts"))
 FONT_FILES = {"regular": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "mono": "DejaVuSansMono.ttf"}
 #: TrueType fonts used, in order, for the characters DejaVu Sans has no glyph for; of fonts with one
 #: face name only the first found is used (two would share one name in the PDF). Debian's
@@ -37,6 +38,7 @@ FALLBACK_FONTS = (Path("/usr/share/fonts-droid-fallback/truetype/DroidSansFallba
 _FONT_HELP = ("install the DejaVu fonts (Debian/Ubuntu: apt-get install fonts-dejavu-core; Fedora: dnf install "
               "dejavu-sans-fonts dejavu-sans-mono-fonts), or pass font_dirs= a folder holding "
               + ", ".join(FONT_FILES.values()))
+
 
 @dataclass(frozen=True)
 class PdfFonts:
@@ -89,14 +91,13 @@ def register_fonts(font_dirs: tuple[Path, ...] | None = None) -> PdfFonts:
         from reportlab.pdfbase.ttfonts import TTFont
     except ImportError:
         raise MissingDependencyError("the PDF report needs reportlab: pip install 'medblip-dicom[pdf]'") from None
-    folder = _font_folder(font_dirs)
     names = {}
-    for role, file in FONT_FILES.items():
-        name = f"medblip-{file[:-4]}"
+    for role, path in _font_files(font_dirs).items():
+        name = f"medblip-{path.stem}"
         try:
-            pdfmetrics.registerFont(TTFont(name, str(folder / file)))
+            pdfmetrics.registerFont(TTFont(name, str(path)))
         except Exception as exc:  # noqa: BLE001 - reportlab raises its own TTFError and plain errors alike
-            raise MissingDependencyError(f"the PDF font {folder / file} cannot be used ({exc}); {_FONT_HELP}") from None
+            raise MissingDependencyError(f"the PDF font {path} cannot be used ({exc}); {_FONT_HELP}") from None
         names[role] = name
     regular = pdfmetrics.getFont(names["regular"])
     fallbacks = []
@@ -117,13 +118,16 @@ def register_fonts(font_dirs: tuple[Path, ...] | None = None) -> PdfFonts:
                     tuple(fallbacks))
 
 
-def _font_folder(font_dirs: tuple[Path, ...] | None) -> Path:
-    candidates = list(font_dirs) if font_dirs is not None else [*FONT_DIRS, *_matplotlib_fonts()]
-    for folder in candidates:
-        if all((Path(folder) / file).is_file() for file in FONT_FILES.values()):
-            return Path(folder)
-    raise MissingDependencyError(f"the PDF report's fonts ({', '.join(FONT_FILES.values())}) were not found in "
-                                 f"{', '.join(str(c) for c in candidates)}; {_FONT_HELP}")
+def _font_files(font_dirs: tuple[Path, ...] | None) -> dict[str, Path]:
+    """Each of FONT_FILES in the first folder that has it (Fedora keeps Sans and Sans Mono apart)."""
+    candidates = [Path(d) for d in font_dirs] if font_dirs is not None else [*FONT_DIRS, *_matplotlib_fonts()]
+    found = {role: next((folder / file for folder in candidates if (folder / file).is_file()), None)
+             for role, file in FONT_FILES.items()}
+    missing = [FONT_FILES[role] for role, path in found.items() if path is None]
+    if missing:
+        raise MissingDependencyError(f"the PDF report's fonts {', '.join(missing)} were not found in "
+                                     f"{', '.join(str(c) for c in candidates)}; {_FONT_HELP}")
+    return {role: path for role, path in found.items() if path is not None}
 
 
 def _matplotlib_fonts() -> list[Path]:

@@ -52,7 +52,7 @@ from medblip_dicom.uids import stable_uid
 logger = logging.getLogger(__name__)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-#: Series Numbers of the PDF series (the SR series is 990, the picture 991).
+#: Series Numbers of the PDF series (the SR series is 990, the Secondary Capture's 991).
 AI_PDF_SERIES_NUMBER = 993
 SIGNED_PDF_SERIES_NUMBER = 994
 #: Series Descriptions (LO, at most 64 characters) of the AI reports' and the signed reports' PDFs.
@@ -60,6 +60,7 @@ AI_PDF_SERIES_DESCRIPTION = "AI caption PDF: machine-generated, UNVERIFIED, not 
 SIGNED_PDF_SERIES_DESCRIPTION = "Radiology report PDF, signed by a radiologist"
 #: The longest side of the picture on the page, in pixels (larger frames are scaled down).
 MAX_PICTURE_PX = 1024
+
 
 @dataclass(frozen=True)
 class ReportStatus:

@@ -181,8 +181,24 @@ class TestPage:
         assert caption in str(sr.ContentSequence[-1].ContentSequence[0].TextValue)
 
     def test_missing_fonts_name_the_package_to_install(self, ai_sr, tmp_path):
-        with pytest.raises(MissingDependencyError, match="fonts-dejavu-core"):
+        with pytest.raises(MissingDependencyError, match="fonts-dejavu-core") as refused:
             render_pdf(ai_sr, None, font_dirs=[tmp_path])
+        assert "DejaVuSansMono.ttf" in str(refused.value)
+
+    def test_fonts_are_found_across_folders(self, ai_sr, tmp_path):
+        """Fedora keeps DejaVu Sans and DejaVu Sans Mono in folders of their own."""
+        import shutil
+
+        from medblip_dicom.pdf_fonts import FONT_FILES, _font_files
+
+        installed = _font_files(None)
+        sans, mono = tmp_path / "sans", tmp_path / "mono"
+        for folder, roles in ((sans, ("regular", "bold")), (mono, ("mono",))):
+            folder.mkdir()
+            for role in roles:
+                shutil.copy(installed[role], folder / FONT_FILES[role])
+        text = pypdf.PdfReader(io.BytesIO(render_pdf(ai_sr, None, font_dirs=[sans, mono]))).pages[0].extract_text()
+        assert IDENTITY.weights_sha256 in text
 
 
 class TestStatus:
