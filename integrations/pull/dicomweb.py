@@ -1,11 +1,14 @@
-"""``medblip pull``'s work: find a study's instances with QIDO-RS, retrieve them with WADO-RS,
-caption them through the pipeline (selection rules apply) and store the SRs by STOW-RS and/or in
-a folder.
+"""``medblip pull``'s work against a DICOMweb server: find a study's series and instances with
+QIDO-RS, retrieve what will be captioned with WADO-RS, caption it through the pipeline and store
+the SRs by STOW-RS and/or in a folder.
 
-Instances are retrieved whole (``application/dicom``, not rendered frames) into a temporary
-folder, so memory holds one instance at a time; SR instances in the study (our own reports of an
-earlier run among them) are not retrieved at all. The SR UIDs are derived from the source, the
-model and the caption, so a rerun stores the same instances again and creates nothing new.
+The QIDO-RS instance search asks (``includefield``) for what the selection rules and the choice of
+a series' representative read, so a series whose answers say enough costs one retrieved instance
+(:mod:`.choose`); otherwise the series is retrieved and chosen as it arrives. Instances are
+retrieved whole (``application/dicom``, not rendered frames) into a temporary folder, so memory
+holds one instance at a time; SR instances in the study (our own reports of an earlier run among
+them) are not retrieved at all. The SR UIDs are derived from the source, the model and the caption,
+so a rerun stores the same instances again and creates nothing new.
 
 When the server stops answering part way, :class:`StudyPull` says which instances were
 retrieved and captioned and which were not; nothing is retried here (rerun the command).
@@ -15,46 +18,30 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from medblip_dicom.selection import SelectConfig
+
 from medblip_dicom.integrations.config.dicomweb import ForwardDicomwebConfig
 from medblip_dicom.integrations.delivery.sinks.dicomweb import StowClient, StowUnavailable
+from medblip_dicom.integrations.pull.choose import (
+    INSTANCE_KEYS, SERIES_KEYS, Answer, RetrievalPlan, is_report, merged, plan_retrieval,
+)
+from medblip_dicom.integrations.pull.study import StudyPull, caption_into, sources_to_caption
+
+__all__ = ["PAGE", "Puller", "ServerUnavailable", "StudyPull", "parse_query"]
 
 logger = logging.getLogger(__name__)
 
-#: SOP classes of Structured Reports (1.2.840.10008.5.1.4.1.1.88.x): never pulled for captioning.
-_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 #: QIDO-RS results asked for per request.
 PAGE = 500
-_STUDY_UID, _SERIES_UID, _SOP_UID, _SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
+_STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 
 
 class ServerUnavailable(Exception):
     """The DICOMweb server does not answer (connection refused or lost, 5xx, a timeout)."""
-
-
-@dataclass
-class StudyPull:
-    """What happened to one study."""
-
-    study_uid: str
-    found: int = 0
-    retrieved: list[str] = field(default_factory=list)
-    not_retrieved: list[str] = field(default_factory=list)
-    captioned: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    stored: list[str] = field(default_factory=list)
-    not_stored: list[tuple[str, str]] = field(default_factory=list)
-    server_error: str = ""
-
-    @property
-    def complete(self) -> bool:
-        """True when every instance found was retrieved, none failed, and every SR went where asked."""
-        return not (self.not_retrieved or self.failed or self.not_stored or self.server_error)
 
 
 def _value(item: Mapping[str, Any], tag: str) -> str:
@@ -74,14 +61,17 @@ def parse_query(pairs: list[str]) -> dict[str, str]:
 
 
 class Puller:
-    """Pulls studies from one DICOMweb server; captions with `caption` (a ``caption_dicoms`` partial)."""
+    """Pulls studies from one DICOMweb server; captions with `caption` (a ``caption_dicoms`` partial
+    whose selection is `select`: the same rules decide what is retrieved)."""
 
     def __init__(self, url: str, settings: ForwardDicomwebConfig | None = None, *,
-                 caption: Callable[[list[Path]], Iterator[Any]], to: StowClient | None = None,
-                 on_instance: Callable[[str], None] | None = None) -> None:
+                 caption: Callable[[list[Any]], Iterator[Any]], to: StowClient | None = None,
+                 on_instance: Callable[[str], None] | None = None, select: SelectConfig | None = None) -> None:
         self.source = StowClient(url, settings)  # its DICOMwebClient: the same auth, TLS and timeout
         self.url = self.source.url
         self.caption = caption
+        # The selection `caption` applies; without one, every instance but reports is retrieved.
+        self.select = select if select is not None else SelectConfig(per_series="each", defaults=False)
         self.to = to
         self.on_instance = on_instance
 
@@ -118,64 +108,82 @@ class Puller:
                             fields=["StudyInstanceUID"])
         return list(dict.fromkeys(u for u in (_value(i, _STUDY_UID) for i in found) if u))
 
-    def find_instances(self, study_uid: str, series_uid: str | None = None) -> list[tuple[str, str]]:
-        """``(SeriesInstanceUID, SOPInstanceUID)`` of every non-SR instance of the study (or series)."""
+    def find_answers(self, study_uid: str, series_uid: str | None = None) -> list[Answer]:
+        """Every instance of the study (or series) as the server describes it: the series search's
+        attributes merged into each instance's (``includefield``: what selection reads)."""
+        from pydicom.dataset import Dataset
+
         client = self.source.client()
+        series = self._pages("the series query", client.search_for_series, study_instance_uid=study_uid,
+                             fields=list(SERIES_KEYS))
+        by_series = {_value(item, _SERIES_UID): item for item in series}
         found = self._pages("the instance query", client.search_for_instances, study_instance_uid=study_uid,
-                            series_instance_uid=series_uid, fields=["SOPClassUID", "SeriesInstanceUID"])
-        out = []
+                            series_instance_uid=series_uid, fields=["SeriesInstanceUID", *INSTANCE_KEYS])
+        answers = []
         for item in found:
-            if _value(item, _SOP_CLASS).startswith(_SR_PREFIX):
-                continue
-            series, sop = _value(item, _SERIES_UID) or (series_uid or ""), _value(item, _SOP_UID)
-            if sop:
-                out.append((series, sop))
-        return sorted(set(out))
+            uid = _value(item, _SERIES_UID) or (series_uid or "")
+            both = {**by_series.get(uid, {}), **item}
+            try:
+                ds = Dataset.from_json(both)
+            except Exception:  # noqa: BLE001 - a value pydicom cannot read: keep the UIDs, the rest is unknown
+                ds = Dataset()
+                ds.SOPInstanceUID = _value(item, _SOP_UID)
+            if not ds.get("SeriesInstanceUID"):
+                ds.SeriesInstanceUID = uid
+            if ds.get("SOPInstanceUID"):
+                answers.append(Answer.from_dataset(ds))
+        return answers
+
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> list[tuple[str, str]]:
+        """``(SeriesInstanceUID, SOPInstanceUID)`` of every instance of the study (or series) but reports."""
+        return sorted({(a.series_instance_uid, a.sop_instance_uid)
+                       for a in self.find_answers(study_uid, series_uid) if not is_report(a)})
+
+    def plan(self, study_uid: str, series_uid: str | None = None) -> RetrievalPlan:
+        """What to retrieve from the study, decided on the QIDO-RS answers (:mod:`.choose`)."""
+        return plan_retrieval(self.find_answers(study_uid, series_uid), self.select)
 
     def pull(self, study_uid: str, series_uid: str | None = None) -> StudyPull:
         """Retrieve, caption and store one study (or one series of it)."""
-        from medblip_dicom.api import CaptionFailure, CaptionSkipped
-        from medblip_dicom.errors import NotAnImageError
-
         result = StudyPull(study_uid)
-        instances = self.find_instances(study_uid, series_uid)
-        result.found = len(instances)
+        plan = self.plan(study_uid, series_uid)
+        result.found = plan.found
+        result.skipped += plan.skipped
         client = self.source.client()
         with tempfile.TemporaryDirectory(prefix="medblip-pull-") as tmp:
-            paths: list[Path] = []
-            for i, (series, sop) in enumerate(instances):
+            received: dict[str, Path] = {}
+            for i, wanted in enumerate(plan.wanted):
+                sop = wanted.sop_uid
                 try:
-                    ds = self._call("WADO-RS", client.retrieve_instance, study_uid, series, sop)
+                    ds = self._call("WADO-RS", client.retrieve_instance, study_uid, wanted.series_uid, sop)
                 except ServerUnavailable as exc:
                     result.server_error = str(exc)
-                    result.not_retrieved = [s for _, s in instances[i:]]
+                    result.not_retrieved = [w.sop_uid for w in plan.wanted[i:]]
                     logger.error("study %s: %s; %d of %d instance(s) not retrieved", study_uid, exc,
-                                 len(result.not_retrieved), len(instances))
+                                 len(result.not_retrieved), len(plan.wanted))
                     break
                 except ValueError as exc:
                     result.failed.append((sop, str(exc)))
                     continue
                 path = Path(tmp) / f"{sop}.dcm"
                 ds.save_as(path, enforce_file_format=True)
-                paths.append(path)
+                received[sop] = path
                 result.retrieved.append(sop)
                 if self.on_instance is not None:
                     self.on_instance(sop)
-            srs = []
-            for outcome in self.caption(paths) if paths else ():
-                name = Path(outcome.source).stem
-                if isinstance(outcome, CaptionSkipped):
-                    result.skipped.append((name, outcome.reason))
-                elif isinstance(outcome, CaptionFailure) and isinstance(outcome.error, NotAnImageError):
-                    result.skipped.append((name, str(outcome.error)))  # a presentation state, a KO ...
-                elif isinstance(outcome, CaptionFailure):
-                    result.failed.append((name, str(outcome.error)))
-                else:
-                    result.captioned.append(outcome.sop_instance_uid)
-                    srs.append(outcome.sr)
-            if srs and self.to is not None:
-                self._store(srs, result)
+            reports = caption_into(result, self.caption, sources_to_caption(plan, received, result))
+            if reports and self.to is not None:
+                self._store([r.sr for r in reports], result)
         return result
+
+    def pull_many(self, studies: Iterable[str], series_uid: str | None = None
+                  ) -> Iterator[tuple[str, StudyPull | Exception]]:
+        """Each study's result (or the error that stopped it), one study after the other."""
+        for study in studies:
+            try:
+                yield study, self.pull(study, series_uid)
+            except (ServerUnavailable, ValueError) as exc:
+                yield study, exc
 
     def _store(self, srs: list[Any], result: StudyPull) -> None:
         assert self.to is not None

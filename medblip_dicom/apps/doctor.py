@@ -2,8 +2,10 @@
 
 Each check returns :class:`Finding` rows (``ok``, ``warn`` or ``fail``) with a hint for anything
 that is not ok: which transfer syntaxes decode with the installed plug-ins, the compute device and
-its bf16 support, the Hugging Face model cache, dcmtk / dicom3tools / Orthanc, whether the
-DICOM node's port is free, and (with ``--config``) whether a configured DICOMweb server answers.
+its bf16 support, the Hugging Face model cache, which model families this install can serve,
+dcmtk / dicom3tools / Orthanc, whether the
+DICOM node's port is free, and (with ``--config``) whether a configured DICOMweb server answers
+and whether the configured DIMSE archive (``[forward] destination``) answers C-ECHO and C-FIND.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medblip_dicom.apps.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, say_error
 from medblip_dicom.systemtools import TOOLS, find_system_tool
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from medblip_dicom.integrations.config.file import ForwardConfig
 
 #: Transfer syntaxes a hospital sends, by name.
 TRANSFER_SYNTAXES = (
@@ -106,6 +112,28 @@ def check_model_cache() -> list[Finding]:
     return out
 
 
+def check_families() -> list[Finding]:
+    """Which model families this install can serve (:mod:`medblip_dicom.families`); nothing is downloaded."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from medblip_dicom.families import FAMILIES, family_status, takes_prompt
+
+    out = []
+    for family in FAMILIES:
+        status = family_status(family.model_type)
+        how = "with a prompt" if takes_prompt(family.model_type) else "without a prompt"
+        if status.servable:
+            out.append(Finding("families", "ok", f"{family.label}: {status.architecture}, {how} (e.g. {family.example})"))
+        else:
+            hint = ("install torchvision (the build matching your torch)" if "torchvision" in status.reason
+                    else "upgrade transformers")
+            out.append(Finding("families", "warn", f"{family.label}: cannot serve here: {status.reason}", hint))
+    out.append(Finding("families", "ok", f"any of the {len(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)} model types "
+                       f"transformers {transformers.__version__} loads with AutoModelForImageTextToText is accepted"))
+    return out
+
+
 def check_tools() -> list[Finding]:
     """dcmtk, dicom3tools and Orthanc (used by tests, validation and as a test PACS)."""
     out = []
@@ -149,9 +177,24 @@ def check_dicomweb(url: str, settings: object = None) -> list[Finding]:
                     "check the URL, that the archive runs, [forward.dicomweb] credentials and CA")]
 
 
+def check_dimse(forward: ForwardConfig) -> list[Finding]:
+    """Whether the configured DIMSE archive ([forward] destination) answers C-ECHO and C-FIND, as
+    ``[forward] calling_ae_title`` over ``[forward.tls]`` (what ``medblip pull --config`` uses)."""
+    from medblip_dicom.integrations.pull.dimse_find import probe
+    from medblip_dicom.integrations.pull.dimse_link import DimseSettings
+
+    assert forward.destination is not None
+    settings = DimseSettings(calling_ae_title=forward.calling_ae_title, tls=forward.tls,
+                             timeout_s=min(forward.timeout_s, 10.0))
+    hint = "check [forward] destination and that the archive knows our AE title (calling_ae_title) and host"
+    return [Finding("dimse", "ok" if ok else "fail", words, "" if ok else hint)
+            for _, ok, words in probe(forward.destination, settings)]
+
+
 def run_checks(host: str = "127.0.0.1", port: int = 11112) -> list[Finding]:
     """All checks, in report order."""
-    return [*check_decoders(), *check_device(), *check_model_cache(), *check_tools(), *check_port(host, port)]
+    return [*check_decoders(), *check_device(), *check_model_cache(), *check_families(), *check_tools(),
+            *check_port(host, port)]
 
 
 def format_findings(findings: list[Finding]) -> str:
@@ -200,5 +243,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     findings = run_checks(args.host or host, args.port if args.port is not None else port)
     if forward is not None and forward.dicomweb_url:
         findings += check_dicomweb(forward.dicomweb_url, forward.dicomweb)
+    if forward is not None and forward.destination is not None:
+        findings += check_dimse(forward)
     print(format_findings(findings))
     return EXIT_FAILED if any(f.status == "fail" for f in findings) else EXIT_OK

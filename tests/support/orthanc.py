@@ -36,8 +36,8 @@ def orthanc_binary() -> str:
 class Orthanc:
     """An Orthanc PACS in a temp folder on free ports; start/stop by PID (restartable, same storage)."""
 
-    def __init__(self, folder: Path, *, modalities: dict[str, int] | None = None, aet: str = "ORTHANC",
-                 dicomweb: bool = False) -> None:
+    def __init__(self, folder: Path, *, modalities: dict[str, int | dict[str, Any]] | None = None,
+                 aet: str = "ORTHANC", dicomweb: bool = False) -> None:
         self.binary = orthanc_binary()
         self.folder = folder
         self.aet = aet
@@ -55,8 +55,12 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "Plugins": [],
-            # AE title -> port of the peers Orthanc knows (the node, so Orthanc could send to it)
-            "DicomModalities": {peer.lower(): [peer, "127.0.0.1", port] for peer, port in (modalities or {}).items()},
+            # AE title -> port of the peers Orthanc knows (the node, so Orthanc could send to it; a
+            # pull, so it answers C-FIND, C-GET and C-MOVE): a port, or Orthanc's options for the peer
+            # ({"Port": ..., "AllowGet": false, ...})
+            "DicomModalities": {peer.lower(): [peer, "127.0.0.1", port] if isinstance(port, int)
+                                else {"AET": peer, "Host": "127.0.0.1", **port}
+                                for peer, port in (modalities or {}).items()},
             "StableAge": 1,
         }
         if dicomweb:  # QIDO-RS, WADO-RS and STOW-RS under {url}/dicom-web (Debian package orthanc-dicomweb)
