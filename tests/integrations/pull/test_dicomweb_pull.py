@@ -118,3 +118,23 @@ def test_selection_rules_apply_one_caption_per_series_by_default(tmp_path, td, p
                  "--device", "cpu", "--dtype", "float32", "-q"]) == 0
     assert pacs.count(study, "SR") == 1
     assert "1 captioned, 2 skipped" in capsys.readouterr().err
+
+
+def test_only_what_will_be_captioned_is_retrieved_where_qido_rs_answers_position(tmp_path, td, pacs, captioner):
+    from tests.support.pull import archive_study, report_sources
+
+    from medblip_dicom.api import caption_dicoms
+    from medblip_dicom.integrations.delivery.sinks.dicomweb import StowClient
+    from medblip_dicom.integrations.pull.dicomweb import Puller
+    from medblip_dicom.selection import SelectConfig
+
+    study = archive_study(td, tmp_path / "in")
+    for path in study.paths:
+        pacs.post("/instances", path.read_bytes())
+    select = SelectConfig()
+    puller = Puller(pacs.dicomweb_url, caption=partial(caption_dicoms, model=captioner, select=select),
+                    to=StowClient(pacs.dicomweb_url), select=select)
+    result = puller.pull(study.study_uid)
+    assert (result.found, len(result.retrieved), set(result.captioned)) == (9, 2, study.captioned)
+    assert len(result.skipped) == 7 and result.complete
+    assert report_sources(pacs.instances(study.study_uid, "SR")) == study.captioned
