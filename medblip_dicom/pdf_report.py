@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,8 @@ def build_pdf_report(sr: Dataset, image: Image.Image | None, *,
             content_time=attr("ContentTime"),
         )
     except (TypeError, ValueError) as exc:
-        raise ReportError(report.sop_instance_uid, f"cannot build the PDF report ({type(exc).__name__}: {exc})") from None
+        raise ReportError(report.sop_instance_uid,
+                          f"cannot build the PDF report ({type(exc).__name__}: {exc})") from None
     for keyword in ("StudyDescription", "IssuerOfPatientID", "PatientAge"):
         if keyword in sr and sr[keyword].value not in (None, ""):
             doc[keyword] = sr[keyword]
@@ -227,13 +229,15 @@ def render_pdf(sr: Dataset, image: Image.Image | None, *, font_dirs: Sequence[Pa
 
     width = A4[0] - 36 * mm
     story: list[object] = [Paragraph(text("Radiology image report"), title), Spacer(1, 3 * mm)]
-    banner = Table([[Paragraph(text(status.headline), banner_text)], [Paragraph(text(status.explanation), banner_small)]],
+    banner = Table([[Paragraph(text(status.headline), banner_text)],
+                    [Paragraph(text(status.explanation), banner_small)]],
                    colWidths=[width])
     # Every table names its font: a table's default, Helvetica, would be referenced without being embedded.
     grid = TableStyle([("FONT", (0, 0), (-1, -1), fonts.regular), ("VALIGN", (0, 0), (-1, -1), "TOP"),
                        ("LEFTPADDING", (0, 0), (-1, -1), 0), ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
                        ("TOPPADDING", (0, 0), (-1, -1), 1)])
-    banner.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), fonts.regular), ("BACKGROUND", (0, 0), (-1, -1), banner_colour),
+    banner.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), fonts.regular),
+                                ("BACKGROUND", (0, 0), (-1, -1), banner_colour),
                                 ("LEFTPADDING", (0, 0), (-1, -1), 8), ("RIGHTPADDING", (0, 0), (-1, -1), 8)]))
     story += [banner, Spacer(1, 4 * mm)]
 
@@ -259,7 +263,7 @@ def render_pdf(sr: Dataset, image: Image.Image | None, *, font_dirs: Sequence[Pa
         picture = _page_picture(image)
         scale = min(width / picture.width, 110 * mm / picture.height, 1.0 if picture.width >= 400 else 2.0)
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
+        picture.save(buffer, format="PNG", compress_level=1)  # only read back by reportlab, which compresses
         buffer.seek(0)
         story.append(PdfImage(buffer, width=picture.width * scale, height=picture.height * scale,
                               hAlign="LEFT"))
@@ -293,10 +297,11 @@ def render_pdf(sr: Dataset, image: Image.Image | None, *, font_dirs: Sequence[Pa
                                  subject="Radiology image caption report", creator=f"medblip-dicom {__version__}",
                                  invariant=1, initialFontName=fonts.regular)
     # (the canvas's initial font would otherwise be Helvetica, referenced without being embedded)
-    document.build(story, onFirstPage=footer, onLaterPages=footer)
+    _build(document, story, footer)
     if missing:
         logger.warning("PDF report for SR %s: %d characters have no glyph in the PDF fonts and are shown as U+FFFD "
-                       "(install fonts-droid-fallback for Chinese, Japanese and Korean); the DICOM attributes keep them",
+                       "(install fonts-droid-fallback for Chinese, Japanese and Korean); the DICOM attributes keep "
+                       "them",
                        report.sop_instance_uid, len(missing))
     return out.getvalue()
 
@@ -341,6 +346,25 @@ def readable_datetime(value: str) -> str:
         return value + zone
     text = stamp.strftime("%Y-%m-%d %H:%M") if len(digits) > 8 else stamp.strftime("%Y-%m-%d")
     return f"{text} ({zone})" if zone else text
+
+
+#: reportlab's settings are process-wide: one document is built at a time while they are changed.
+_BUILD_LOCK = threading.Lock()
+
+
+def _build(document: object, story: list[object], footer: object) -> None:
+    """Build `document` with binary streams: reportlab's default ASCII85 encoding (a text-safe form
+    that a PDF inside a DICOM OB value does not need) is done in pure Python without its optional C
+    accelerator, and takes seconds for a full-size radiograph."""
+    from reportlab import rl_config
+
+    with _BUILD_LOCK:
+        saved = rl_config.useA85
+        rl_config.useA85 = 0
+        try:
+            document.build(story, onFirstPage=footer, onLaterPages=footer)  # type: ignore[attr-defined]
+        finally:
+            rl_config.useA85 = saved
 
 
 def _page_picture(image: Image.Image) -> Image.Image:

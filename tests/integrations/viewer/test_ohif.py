@@ -158,7 +158,8 @@ def test_ohif_lists_the_ai_report_and_shows_its_pdf_and_secondary_capture(run_se
         # The Secondary Capture: double-clicked into the viewport, drawn with its caption band.
         ActionChains(driver).double_click(thumbnail(SC_SERIES_NUMBER)).perform()
         try:
-            canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-viewport-uid] canvas, .cornerstone-canvas"))[0]
+            viewport = "[data-viewport-uid] canvas, .cornerstone-canvas"
+            canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, viewport))[0]
             wait.until(lambda d: colour_pixels(d.get_screenshot_as_png(), canvas.rect, NOTICE, 40) > 50)
         except Exception:
             pytest.fail("the Secondary Capture was not drawn (no caption notice on screen): " + diagnosis())
