@@ -249,6 +249,8 @@ class Service:
                 self.ops.stop()
                 self.ops = None
             self._close_audit()
+            if self.delivery is not None:
+                self.delivery.close()
             if self.spool is not None:
                 self.spool.close()
 
@@ -295,4 +297,5 @@ class Service:
                               sum(count[s] for s in PENDING_STATES))
         finally:
             self._close_audit()
+            self.delivery.close()
             self.spool.close()
