@@ -31,7 +31,7 @@ from medblip_dicom.pipeline import Annotated
 from medblip_dicom.report import write_report
 from medblip_dicom.selection import SelectConfig
 
-from medblip_dicom.integrations.worker.series_hold import SeriesSelector
+from medblip_dicom.integrations.worker.series_hold import SeriesHold
 from medblip_dicom.integrations.spool import Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Worker:
 
             register_fonts()
         self.frame = frame
-        self.selector = SeriesSelector(spool, select if select is not None else SelectConfig())
+        self.series_hold = SeriesHold(spool, select if select is not None else SelectConfig())
         #: Sizes of the most recent batches (for logs, status and tests).
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         self.idle = threading.Event()
@@ -75,15 +75,15 @@ class Worker:
         (:meth:`Spool.release_dead_claims`), so a crashed peer's jobs do not wait for a restart.
         """
         logger.info("worker started (batch size %d, max wait %.2f s, %s)", self.batch_size, self.max_wait_s,
-                    "one caption per instance" if self.selector.config.each else
-                    f"one caption per series, quiet {self.selector.config.series_quiet_s:g} s")
+                    "one caption per instance" if self.series_hold.config.each else
+                    f"one caption per series, quiet {self.series_hold.config.series_quiet_s:g} s")
         next_reclaim = time.monotonic() + reclaim_every_s
         while not stop.is_set():
             if time.monotonic() >= next_reclaim:
                 self.spool.release_dead_claims()
                 next_reclaim = time.monotonic() + reclaim_every_s
             self.spool.received_event.clear()
-            series_due = self.selector.step()
+            series_due = self.series_hold.step()
             waiting, oldest = self.spool.claimable()
             wait = poll_s if series_due is None else min(poll_s, max(series_due, 0.01))
             if waiting == 0:
@@ -105,7 +105,7 @@ class Worker:
         """Process every received job now, in full batches (for ``--once``: every held series counts
         as complete); returns how many were captioned or failed."""
         total = 0
-        self.selector.step(complete=True)
+        self.series_hold.step(complete=True)
         while jobs := self.spool.claim(self.batch_size):
             self.process(jobs)
             total += len(jobs)

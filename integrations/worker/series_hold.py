@@ -3,7 +3,7 @@
 The same decisions as ``medblip caption`` (:mod:`medblip_dicom.selection`), but instances arrive
 one at a time, so a series is decided once it is *quiet*: no instance of it arrived for
 ``series_quiet_s``. Until then its jobs are held (received, not selected). The worker runs
-:meth:`SeriesSelector.step` before each claim:
+:meth:`SeriesHold.step` before each claim:
 
 - a job whose header could not be read, or which names no series, is released as it is: the
   worker then fails it with the real reason;
@@ -35,8 +35,9 @@ from medblip_dicom.integrations.spool import Job, JobState, Spool
 logger = logging.getLogger(__name__)
 
 
-class SeriesSelector:
-    """Decides which spooled jobs the worker captions (see the module docstring)."""
+class SeriesHold:
+    """Holds spooled jobs until their series is decided, then releases what the worker captions
+    (the rules of :mod:`medblip_dicom.selection`; see the module docstring)."""
 
     def __init__(self, spool: Spool, config: SelectConfig) -> None:
         self.spool = spool
