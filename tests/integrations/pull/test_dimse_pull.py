@@ -187,3 +187,26 @@ def test_doctor_says_whether_the_configured_dimse_archive_answers_echo_and_find(
     assert main(["doctor", "--config", str(config)]) == 1
     text = capsys.readouterr().out
     assert "FAIL  archive ORTHANC@127.0.0.1" in text and "cannot be reached" in text and "-> check [forward]" in text
+
+
+def test_a_move_to_a_running_node_hands_off_only_what_it_will_caption_without_a_model(
+        tmp_path, td, orthanc_factory, capsys):
+    from medblip_dicom.integrations.pull.dimse_listen import MoveListener
+
+    study = archive_study(td, tmp_path / "data", slices=5)
+    node_port = free_port()
+    pacs = orthanc_factory(modalities={"MEDBLIP": free_port(), "NODE": node_port})
+    pacs.start()
+    for path in study.paths:
+        pacs.post("/instances", path.read_bytes())
+    node = Receiver()  # a stand-in for `medblip node`: a Storage SCP called NODE
+    node.expect(sorted(study.captioned), tmp_path)
+    with MoveListener(node, "NODE", "127.0.0.1", node_port):
+        assert main(["pull", "--from", f"dimse://ORTHANC@127.0.0.1:{pacs.dicom_port}", "--study", study.study_uid,
+                     "--retrieve", "move", "--move-destination", "NODE", "-q"]) == 0
+        assert set(node.received(study.captioned)) == study.captioned
+    captured = capsys.readouterr()
+    assert {line.split("\t")[1] for line in captured.out.splitlines() if line.endswith("moved to NODE")} == \
+        study.captioned
+    assert "7 found, 0 retrieved, 0 captioned, 5 skipped" in captured.err and "2 moved" in captured.err
+    assert pacs.count(study.study_uid, "SR") == 1  # the node stores its reports; the pull stores none
