@@ -17,8 +17,6 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Union
 
-import torch
-
 from medblip_dicom.captioner import Captioner
 from medblip_dicom.duplicates import DUPLICATE, Duplicate, SeenInstances
 from medblip_dicom.generation import GenerationSettings
@@ -40,15 +38,19 @@ ModelSpec = Union[str, "os.PathLike[str]", Captioner]
 
 
 @lru_cache(maxsize=2)
-def _cached_captioner(model: str, device: str, dtype: str) -> Captioner:
-    return Captioner.load(model, device=device, dtype=dtype)
+def _cached_captioner(model: str, device: str, dtype: str, prompt: str | None) -> Captioner:
+    return Captioner.load(model, device=device, dtype=dtype, prompt=prompt)
 
 
-def load_captioner(model: ModelSpec, *, device: str = "auto", dtype: str = "auto") -> Captioner:
-    """Return `model` if it is a Captioner, else load it (the two most recent loads are cached)."""
+def load_captioner(model: ModelSpec, *, device: str = "auto", dtype: str = "auto",
+                   prompt: str | None = None) -> Captioner:
+    """Return `model` if it is a Captioner, else load it (the two most recent loads are cached).
+
+    `prompt` is the instruction for a model that takes one (see :meth:`Captioner.load`).
+    """
     if isinstance(model, Captioner):
         return model
-    return _cached_captioner(os.fspath(model), str(device), str(dtype))
+    return _cached_captioner(os.fspath(model), str(device), str(dtype), prompt)
 
 
 def caption_dicom(
@@ -162,7 +164,7 @@ def _batch_captioner(captioner: Captioner, generation: GenerationSettings | None
     def generate(inputs: Sequence[Any]) -> list[str]:
         if warm_up_on is not None and not warmed:
             warmed.append(warm_up_on.submit(warm_up))
-        return captioner.generate(torch.cat([torch.as_tensor(x) for x in inputs]), generation)
+        return captioner.generate(captioner.collate(inputs), generation)
 
     return generate
 

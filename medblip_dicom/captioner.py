@@ -1,10 +1,15 @@
-"""Load a BLIP captioning model once and caption batches of pictures with it.
+"""Load an image-to-text model once and caption batches of pictures with it.
 
-A model is a Hugging Face ``save_pretrained`` directory (``BlipForConditionalGeneration`` plus its
-``BlipProcessor``) or a hub id that is already in the local cache. Weights are loaded from
-safetensors only (a pickled ``pytorch_model.bin`` is refused), strictly: every weight the model
-uses comes from those files (:mod:`medblip_dicom.modelload`). The processor stored with the model
-holds the resize and normalisation used in training, so inference normalises the same way.
+A model is a Hugging Face ``save_pretrained`` directory (the model plus its processor: BLIP by
+default, or any family transformers loads with ``AutoModelForImageTextToText``, see
+:mod:`medblip_dicom.families`), a base model + LoRA adapter export, or a hub id that is already in
+the local cache. Weights are loaded from safetensors only (a pickled ``pytorch_model.bin`` is
+refused), strictly: every weight the model uses comes from those files
+(:mod:`medblip_dicom.modelload`). The processor stored with the model holds the resize and
+normalisation used in training, so inference normalises the same way. A model that takes an
+instruction is given its prompt through the processor's chat template
+(:mod:`medblip_dicom.modelinputs`); decoder-only models batch with left padding, and only the
+generated tokens become the caption.
 
 Device ``auto`` picks CUDA, then Apple MPS, then the CPU. Dtype ``auto`` picks bfloat16 on a GPU
 that supports it (else float16), float16 on MPS, and on the CPU bfloat16 when the processor has
@@ -23,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,12 +39,14 @@ from PIL import Image
 
 from medblip_dicom import digestcache
 from medblip_dicom.errors import MedblipError, ModelLoadError
+from medblip_dicom.families import resolve_prompt
 from medblip_dicom.generation import GenerationSettings
-from medblip_dicom.identity import PROVENANCE_FILE, ModelIdentity, model_identity
-from medblip_dicom.modelload import check_architecture, load_strict
+from medblip_dicom.identity import PROVENANCE_FILE, ModelIdentity, model_identity, read_provenance
+from medblip_dicom.modelinputs import InputBuilder, collate, to_device
+from medblip_dicom.modelload import LoadedModel, adapter_base, is_adapter_dir, load_model, load_processor, model_kind
 
-__all__ = ["PROVENANCE_FILE", "CaptionGenerator", "Captioner", "GenerationSettings", "ModelIdentity", "resolve_device", "resolve_dtype",
-           "weights_digest"]
+__all__ = ["PROVENANCE_FILE", "CaptionGenerator", "Captioner", "GenerationSettings", "ModelIdentity", "load_inputs",
+           "resolve_device", "resolve_dtype", "weights_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +122,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 @dataclass
 class CaptionGenerator:
-    """A BLIP model and its processor on a device: pictures in, captions out.
+    """A model and its processor on a device: pictures in, captions out.
 
     What evaluation needs during training (the model being trained has no identity yet); a
     :class:`Captioner` is a generator with the loaded model's identity, which reports need.
+    `prompt` is the instruction a model that takes one is given (empty for BLIP and GIT); its
+    inputs are built by :class:`~medblip_dicom.modelinputs.InputBuilder`.
     """
 
     model: Any
@@ -126,28 +135,63 @@ class CaptionGenerator:
     device: torch.device
     dtype: torch.dtype
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    prompt: str = field(default="", kw_only=True)
+
+    @cached_property
+    def inputs(self) -> InputBuilder:
+        """Pictures to model inputs: the processor and the prompt's text (picklable, for worker processes)."""
+        return InputBuilder.for_prompt(self.processor, self.prompt)
 
     @cached_property
     def _suppressed_token_ids(self) -> list[int]:
-        """Special tokens a caption must never contain (padding, unknown, [CLS], [MASK], [DEC])."""
-        tok = self.processor.tokenizer
-        ids = {tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.mask_token_id, tok.bos_token_id}
-        ids.add(self.model.config.text_config.bos_token_id)
-        ids.discard(self.model.config.text_config.sep_token_id)
-        return sorted(i for i in ids if i is not None)
+        """Special tokens a caption must never contain: every special token of the tokenizer (padding,
+        unknown, image placeholders, [CLS], [MASK], [DEC], ...) and the model's start token, except the
+        tokens that end a caption."""
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        text_config = self.model.config.get_text_config()
+        ids = set(tok.all_special_ids)
+        ids.add(getattr(text_config, "bos_token_id", None))
+        ids -= set(self._end_token_ids)
+        return sorted(i for i in ids if isinstance(i, int))
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Resize and normalise pictures exactly as the processor stored with the model says."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+    @cached_property
+    def _end_token_ids(self) -> list[int]:
+        """The tokens that end a caption: the generation config's end tokens (BLIP: [SEP])."""
+        found = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if found is None:
+            found = getattr(self.model.config.get_text_config(), "sep_token_id", None)
+        if found is None:
+            found = getattr(self.model.config.get_text_config(), "eos_token_id", None)
+        return [int(i) for i in (found if isinstance(found, (list, tuple)) else [found]) if i is not None]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Any:
+        """The model's inputs for pictures, exactly as the processor stored with the model makes them:
+        ``pixel_values`` (one tensor) for a model without a prompt, else a dict of tensors."""
+        return self.inputs(images)
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        """One batch from the inputs of single pictures (see :func:`medblip_dicom.modelinputs.collate`)."""
+        return collate(items, self.inputs.pad_token_id)
 
     @torch.inference_mode()
-    def generate(self, pixel_values: torch.Tensor, settings: GenerationSettings | None = None) -> list[str]:
-        """Caption a batch of preprocessed pictures; returns one stripped caption per picture."""
+    def generate(self, inputs: Any, settings: GenerationSettings | None = None) -> list[str]:
+        """Caption a batch of model inputs (:meth:`preprocess`'s); returns one stripped caption per picture.
+
+        Only the tokens the model generated become the caption: a decoder-only model's output
+        starts with its prompt, which is cut off.
+        """
         settings = settings or self.settings
         kwargs = settings.generate_kwargs()
         kwargs["suppress_tokens"] = self._suppressed_token_ids
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        out = self.model.generate(pixel_values=pixel_values, **kwargs)
+        if isinstance(inputs, Mapping):
+            batch = to_device(inputs, self.device, self.dtype)
+            out = self.model.generate(**batch, **kwargs)
+            prompt = batch.get("input_ids")
+            if prompt is not None and out.shape[1] >= prompt.shape[1] and torch.equal(out[:, :prompt.shape[1]], prompt):
+                out = out[:, prompt.shape[1]:]
+        else:
+            pixel_values = inputs.to(device=self.device, dtype=self.dtype)
+            out = self.model.generate(pixel_values=pixel_values, **kwargs)
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
 
@@ -160,7 +204,7 @@ class CaptionGenerator:
 
 @dataclass
 class Captioner(CaptionGenerator):
-    """A loaded BLIP model, its processor, the settings it generates with and its identity.
+    """A loaded model, its processor, the settings it generates with and its identity.
 
     Build it with :meth:`Captioner.load`; then :meth:`caption` a list of pictures (one batch).
     """
@@ -175,17 +219,19 @@ class Captioner(CaptionGenerator):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         settings: GenerationSettings | None = None,
+        prompt: str | None = None,
     ) -> Captioner:
-        """Load a model directory or a cached hub id.
+        """Load a model directory (or a base model + LoRA adapter export) or a cached hub id.
 
-        The load is strict (:mod:`medblip_dicom.modelload`): a directory holding another
-        architecture, or weights that are missing, unused or of the wrong shape, is refused.
-        Raises :class:`~medblip_dicom.errors.ModelLoadError` with one sentence saying what to do
-        when the model is not there (for example a hub id that is not cached and no network) or is
-        not the model it claims to be.
+        Any architecture transformers loads with ``AutoModelForImageTextToText`` is served
+        (:mod:`medblip_dicom.families`). The load is strict (:mod:`medblip_dicom.modelload`): a
+        directory holding an architecture we cannot serve, or weights that are missing, unused or of
+        the wrong shape, is refused. `prompt` is the instruction for a model that takes one
+        (default: the provenance's, else :data:`~medblip_dicom.families.DEFAULT_PROMPT`); giving one
+        to a model that takes none is refused. Raises :class:`~medblip_dicom.errors.ModelLoadError`
+        with one sentence saying what to do when the model is not there (for example a hub id that
+        is not cached and no network) or is not the model it claims to be.
         """
-        from transformers import AutoConfig, BlipForConditionalGeneration, BlipProcessor
-
         source = os.fspath(model)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
@@ -195,25 +241,23 @@ class Captioner(CaptionGenerator):
         if not local.exists() and _looks_like_path(source):
             raise ModelLoadError(f"model directory {source!r} does not exist")
         where = str(local) if local.is_dir() else source
+        directory = local if local.is_dir() else None
 
-        def _load(local_only: bool) -> tuple[Any, Any, str | None]:
-            check_architecture(AutoConfig.from_pretrained(where, local_files_only=local_only), source)
-            before = _weights_fingerprint(source, local if local.is_dir() else None)
-            proc = BlipProcessor.from_pretrained(where, local_files_only=local_only)
-            net = load_strict(BlipForConditionalGeneration, where, source, local_files_only=local_only)
-            return proc, net, before
+        def _load(local_only: bool) -> tuple[LoadedModel, str | None]:
+            before = _weights_fingerprint(source, directory)
+            return load_model(where, source, local_files_only=local_only), before
 
         try:
             try:
-                processor, net, fingerprint = _load(local_only=True)
+                loaded, fingerprint = _load(local_only=True)
             except OSError:
                 if local.is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
                     raise
-                processor, net, fingerprint = _load(local_only=False)
+                loaded, fingerprint = _load(local_only=False)
         except (OSError, ValueError) as exc:
             if local.is_dir():
                 raise ModelLoadError(
-                    f"{source} is not a usable BLIP model directory ({_first_line(exc)}); it must hold "
+                    f"{source} is not a usable model directory ({_first_line(exc)}); it must hold "
                     "config.json, model.safetensors and the processor files written by save_pretrained"
                 ) from None
             raise ModelLoadError(
@@ -222,16 +266,39 @@ class Captioner(CaptionGenerator):
                 "written by save_pretrained (model + processor)"
             ) from None
 
-        identity = _identity(net, source, local if local.is_dir() else None, fingerprint)
+        net = loaded.model
+        chosen = resolve_prompt(loaded.model_type, loaded.architecture, source, given=prompt,
+                                recorded=read_provenance(directory).get("prompt"))
+        identity = _identity(net, source, directory, fingerprint, architecture=loaded.architecture, prompt=chosen)
         net.eval()
         if torch_device.type != "cpu" or torch_dtype != torch.float32:
             # The weights themselves are cast: half the memory and no per-op casts (see above).
             net.to(device=torch_device, dtype=torch_dtype)
         logger.info(
-            "loaded model %s (version %s, sha256 %s…) on %s as %s",
-            identity.name, identity.version, identity.weights_sha256[:12], torch_device, str(torch_dtype).split(".")[-1],
+            "loaded model %s (%s, version %s, sha256 %s…) on %s as %s%s",
+            identity.name, loaded.architecture, identity.version, identity.weights_sha256[:12], torch_device,
+            str(torch_dtype).split(".")[-1], " with a prompt" if chosen else "",
         )
-        return cls(net, processor, torch_device, torch_dtype, settings or GenerationSettings(), identity=identity)
+        return cls(net, loaded.processor, torch_device, torch_dtype, settings or GenerationSettings(), prompt=chosen,
+                   identity=identity)
+
+
+def load_inputs(model: str | os.PathLike[str], *, prompt: str | None = None) -> InputBuilder:
+    """The model's input builder without its weights: its processor and prompt, as :meth:`Captioner.load`
+    makes them (for processes that prepare pictures for a model loaded elsewhere, e.g. Ray's tasks).
+
+    Only local files are read (a directory or a cached hub id). Raises ModelLoadError for a model
+    we cannot serve or a prompt it cannot take; ``OSError``/``ValueError`` when nothing is there.
+    """
+    source = os.fspath(model)
+    local = Path(source).expanduser()
+    directory = local if local.is_dir() else None
+    where = str(local) if directory is not None else source
+    model_type, architecture = model_kind(where, source, local_files_only=True)
+    processor = load_processor(where, source, model_type, local_files_only=True)
+    chosen = resolve_prompt(model_type, architecture, source, given=prompt,
+                            recorded=read_provenance(directory).get("prompt"))
+    return InputBuilder.for_prompt(processor, chosen)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -245,26 +312,48 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _weights_fingerprint(source: str, directory: Path | None) -> str | None:
-    """The digest cache's key for the weight files `source` loads from (see :mod:`.digestcache`)."""
-    return digestcache.fingerprint(directory if directory is not None else _hub_snapshot(source))
+    """The digest cache's key for the weight files `source` loads from (see :mod:`.digestcache`).
+
+    An adapter export loads from two places, the adapter's folder and its base model's: the key
+    covers both, so that a changed base model is never certified by an old entry.
+    """
+    own = digestcache.fingerprint(directory if directory is not None else _hub_snapshot(source))
+    if own is None or not is_adapter_dir(directory):
+        return own
+    try:
+        base = adapter_base(directory)  # type: ignore[arg-type]
+    except ModelLoadError:
+        return None
+    base_dir = Path(base).expanduser()
+    inner = _weights_fingerprint(base, base_dir if base_dir.is_dir() else None)
+    return None if inner is None else hashlib.sha256(f"{own}\n{inner}".encode()).hexdigest()
 
 
-def _identity(net: Any, source: str, directory: Path | None, before: str | None) -> ModelIdentity:
+def _identity(net: Any, source: str, directory: Path | None, before: str | None, *, architecture: str,
+              prompt: str) -> ModelIdentity:
     """The loaded model's identity; its weights digest comes from the cache when the files are unchanged.
 
     `before` is the files' fingerprint taken before the (strict) load. The cache is used, and
     written, only when the fingerprint after the load is the same: files replaced while loading
-    would otherwise certify weights that did not produce the captions.
+    would otherwise certify weights that did not produce the captions. An adapter export whose
+    merged weights are not those its provenance records (its base model changed) is refused.
     """
     after = _weights_fingerprint(source, directory)
     key = after if after is not None and after == before else None
     digest = digestcache.lookup(key)
     if digest is None:
         digest = weights_digest(net)
+        recorded = read_provenance(directory).get("weights_sha256") if is_adapter_dir(directory) else None
+        if isinstance(recorded, str) and recorded != digest:
+            raise ModelLoadError(
+                f"{source} is an adapter whose base model no longer holds the weights it was trained on (merged "
+                f"weights sha256 {digest[:12]}…, exported as {recorded[:12]}…); restore the base model or "
+                "export merged weights")
         digestcache.store(key, digest, source)
     else:
         logger.debug("weights digest of %s from the cache", source)
-    return model_identity(source, directory, digest, getattr(net.config, "_commit_hash", None))
+    return model_identity(source, directory, digest, getattr(net.config, "_commit_hash", None),
+                          architecture=architecture, prompt=prompt)
 
 
 def _hub_snapshot(repo_id: str) -> Path:

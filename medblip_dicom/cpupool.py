@@ -29,20 +29,22 @@ if TYPE_CHECKING:
 
 # -- in the pool's processes ---------------------------------------------------------------------
 
-_PROCESSOR: Any = None
+_INPUTS: Any = None
 
 
-def _init(processor: Any) -> None:
-    global _PROCESSOR
+def _init(inputs: Any) -> None:
+    global _INPUTS
     import torch
 
     torch.set_num_threads(1)  # one process per core; the model's threads are in the caller
-    _PROCESSOR = processor
+    _INPUTS = inputs
 
 
 def _preprocess(images: list[Any]) -> Any:
+    from medblip_dicom.modelinputs import as_numpy
+
     # plain bytes over the pipe, not torch's shared-memory handles
-    return _PROCESSOR(images=list(images), return_tensors="pt")["pixel_values"].numpy()
+    return as_numpy(_INPUTS(images))
 
 
 def _prepare_remote(source: Any, frame: int | None) -> Prepared | CaptionFailure:
@@ -70,7 +72,7 @@ class CpuPool:
         self.processes = processes
         self.identity = captioner.identity
         self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init, initargs=(captioner.processor,))
+                                             initializer=_init, initargs=(captioner.inputs,))
 
     def warm_up(self) -> None:
         """Start every process now (they start lazily otherwise, on the first images)."""

@@ -6,14 +6,16 @@ The report contract (docs/sr-contract.md):
   new Series (Modality SR) shared by all reports on one source series from one model.
 - Root CONTAINER (18748-4, LN, "Diagnostic Imaging Report") with template DCMR 2000, holding:
   language of content (en-US); observation context with a *device* observer (the model's UID,
-  name and version); a Findings container (121070, DCM) whose TEXT Finding (121071, DCM) holds the
-  caption and is INFERRED FROM the source IMAGE (121324, DCM, "Source image").
+  name and, as its model name, its architecture; the version is in SoftwareVersions) and, for a
+  model given an instruction, the prompt as Algorithm Parameters (111002, DCM); a Findings
+  container (121070, DCM) whose TEXT Finding (121071, DCM) holds the caption and is INFERRED FROM
+  the source IMAGE (121324, DCM, "Source image").
 - CurrentRequestedProcedureEvidenceSequence references the source instance.
 - VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY, CompletionFlag PARTIAL and a series
   description saying the text is machine-generated and not for diagnostic use.
-- SOPInstanceUID derived from the source SOPInstanceUID and the model's weights digest: the same
-  instance captioned by the same model always gets the same UID, so a re-send never creates a
-  second report.
+- SOPInstanceUID derived from the source SOPInstanceUID and the model's weights digest (and its
+  prompt, when it has one): the same instance captioned by the same model always gets the same
+  UID, so a re-send never creates a second report.
 - Text through one rule (:mod:`medblip_dicom.dicomtext`): the caption, note and model names are
   machine text (characters their VR refuses removed); patient and study values copied from the
   source are decoded with the source's character set; the report declares ``ISO_IR 192`` (UTF-8)
@@ -71,16 +73,18 @@ _VALID_SEX = {"M", "F", "O"}
 def report_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
     """Return ``(series_uid, sop_instance_uid)`` of the SR for `source` written by `identity`.
 
-    Both are deterministic: 2.25 UIDs hashed from the source UIDs and the model's weights digest.
+    Both are deterministic: 2.25 UIDs hashed from the source UIDs and the model's weights digest
+    (with its prompt, for a model given one: :attr:`ModelIdentity.content_key`).
     """
-    series = stable_uid("medblip-dicom/sr-series", str(source.SeriesInstanceUID), identity.weights_sha256)
-    return series, ai_report_uid(str(source.SOPInstanceUID), identity.weights_sha256)
+    series = stable_uid("medblip-dicom/sr-series", str(source.SeriesInstanceUID), identity.content_key)
+    return series, ai_report_uid(str(source.SOPInstanceUID), identity.content_key)
 
 
-def ai_report_uid(source_sop_instance_uid: str, weights_sha256: str) -> str:
-    """The SOPInstanceUID of the AI report on this source instance by the model with this weights
-    digest: what every later version of that report (signed, amended) can be traced back to."""
-    return stable_uid("medblip-dicom/sr", source_sop_instance_uid, weights_sha256)
+def ai_report_uid(source_sop_instance_uid: str, content_key: str) -> str:
+    """The SOPInstanceUID of the AI report on this source instance by the model with this content key
+    (its weights digest, or weights and prompt: :attr:`ModelIdentity.content_key`): what every later
+    version of that report (signed, amended) can be traced back to."""
+    return stable_uid("medblip-dicom/sr", source_sop_instance_uid, content_key)
 
 
 def evidence_view(source: Dataset) -> Dataset:
@@ -163,7 +167,7 @@ def content_tree(caption: str, source: Dataset, identity: ModelIdentity, frame_n
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=identity.device_uid,
         name=_lo(identity.name),
-        model_name=_lo(identity.version),
+        model_name=_lo(identity.architecture or identity.version),  # the version is in SoftwareVersions
     )
     observation = hd.sr.ObservationContext(
         observer_person_context=hd.sr.ObserverContext(
@@ -196,8 +200,12 @@ def content_tree(caption: str, source: Dataset, identity: ModelIdentity, frame_n
     findings.ContentSequence = hd.sr.ContentSequence(items)
 
     root = hd.sr.ContainerContentItem(name=DIAGNOSTIC_IMAGING_REPORT, template_id="2000")
+    # A model given an instruction: the prompt, as Algorithm Parameters (111002, DCM) of the observation.
+    prompt = [hd.sr.TextContentItem(name=codes.DCM.AlgorithmParameters, value=identity.prompt,
+                                    relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT)
+              ] if identity.prompt else []
     root.ContentSequence = hd.sr.ContentSequence(
-        [*hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH_US), *observation, findings]
+        [*hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH_US), *observation, *prompt, findings]
     )
     return root
 

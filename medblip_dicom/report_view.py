@@ -4,7 +4,9 @@
 its inverse. ``CaptionReport.from_dataset(sr)`` finds, by concept codes (never by position), the
 caption (Finding, 121071 DCM), its note (Comment, 121106 DCM: the series a representative speaks
 for), the device observer that wrote it (121012 UID, 121013 name, 121015
-model name, which holds the model's version), the referenced source image (121324 DCM), the
+model name, which holds the model's architecture; in reports written before architectures were
+named, its version), the prompt of a model given one (Algorithm Parameters, 111002 DCM), the
+model's version (the last Software Versions value), the referenced source image (121324 DCM), the
 document flags and the weights digest (Device Serial Number). ``medblip show-sr``, the services'
 tests and everything that handles a written report read it through this view.
 
@@ -25,6 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medblip_dicom.errors import ReportError
+from medblip_dicom.identity import ModelIdentity
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -37,6 +40,7 @@ SOURCE_IMAGE = "121324"
 DEVICE_OBSERVER_UID = "121012"
 DEVICE_OBSERVER_NAME = "121013"
 DEVICE_OBSERVER_MODEL_NAME = "121015"
+ALGORITHM_PARAMETERS = "111002"  # the prompt of a model given one
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,18 @@ class CaptionReport:
     completion_flag: str
     manufacturer: str
     note: str = ""
+    architecture: str = ""
+    prompt: str = ""
 
     @property
     def verified(self) -> bool:
         return self.verification_flag == "VERIFIED"
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The identity of the model that wrote the caption, as far as the report records it."""
+        return ModelIdentity(self.model_name, self.model_version, self.weights_sha256, "report",
+                             architecture=self.architecture, prompt=self.prompt)
 
     @classmethod
     def from_dataset(cls, sr: Dataset, *, label: str | None = None) -> CaptionReport:
@@ -77,13 +89,15 @@ class CaptionReport:
         ref = image.ReferencedSOPSequence[0] if image is not None and image.get("ReferencedSOPSequence") else None
         frames = ref.get("ReferencedFrameNumber") if ref is not None else None
         versions = value_list(sr.get("SoftwareVersions"))
+        device_model = _text(sr, DEVICE_OBSERVER_MODEL_NAME) or ""
+        version = (str(versions[-1]) if len(versions) > 1 else "") or device_model
         return cls(
             sop_instance_uid=str(sr.get("SOPInstanceUID", "")),
             series_instance_uid=str(sr.get("SeriesInstanceUID", "")),
             study_instance_uid=str(sr.get("StudyInstanceUID", "")),
             caption=str(finding.TextValue),
             model_name=_text(sr, DEVICE_OBSERVER_NAME) or str(sr.get("ManufacturerModelName", "")),
-            model_version=_text(sr, DEVICE_OBSERVER_MODEL_NAME) or (str(versions[-1]) if versions else ""),
+            model_version=version,
             weights_sha256=str(sr.get("DeviceSerialNumber", "")),
             device_uid=_text(sr, DEVICE_OBSERVER_UID, "UIDREF") or "",
             source_sop_class_uid=str(ref.ReferencedSOPClassUID) if ref is not None else "",
@@ -94,6 +108,8 @@ class CaptionReport:
             completion_flag=str(sr.get("CompletionFlag", "")),
             manufacturer=str(sr.get("Manufacturer", "")),
             note=_text(sr, COMMENT) or "",
+            architecture=device_model if device_model != version else "",
+            prompt=_text(sr, ALGORITHM_PARAMETERS) or "",
         )
 
     @classmethod
@@ -228,7 +244,7 @@ def read_document(ds: Dataset, *, label: str | None = None) -> ReportDocument:
     observer = (ds.get("VerifyingObserverSequence") or [Dataset()])[0]
     return ReportDocument(
         kind=AMENDED if report.series_instance_uid in predecessors else SIGNED,
-        first_uid=ai_report_uid(report.source_sop_instance_uid, report.weights_sha256), text=report.caption,
+        first_uid=ai_report_uid(report.source_sop_instance_uid, report.identity.content_key), text=report.caption,
         reviewer=str(observer.get("VerifyingObserverName", "") or ""),
         organization=str(observer.get("VerifyingOrganization", "") or ""),
         verified_at=str(observer.get("VerificationDateTime", "") or ""), **model, **common)

@@ -34,8 +34,8 @@ SC_SERIES_DESCRIPTION = "AI caption picture: machine-generated, not for diagnosi
 
 def secondary_capture_uids(source: Dataset, identity: ModelIdentity) -> tuple[str, str]:
     """``(series_uid, sop_instance_uid)`` of the Secondary Capture for `source`: deterministic, like the SR's."""
-    series = stable_uid("medblip-dicom/sc-series", str(source.SeriesInstanceUID), identity.weights_sha256)
-    instance = stable_uid("medblip-dicom/sc", str(source.SOPInstanceUID), identity.weights_sha256)
+    series = stable_uid("medblip-dicom/sc-series", str(source.SeriesInstanceUID), identity.content_key)
+    instance = stable_uid("medblip-dicom/sc", str(source.SOPInstanceUID), identity.content_key)
     return series, instance
 
 

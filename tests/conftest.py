@@ -11,6 +11,7 @@ import os
 import tempfile
 
 from tests.support.fixtures import captioner, td, tiny_model_dir, tool, validate_sr  # noqa: F401 - fixtures
+from tests.support.families import family_model  # noqa: F401 - fixture
 
 import pytest
 import tqdm

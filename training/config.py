@@ -12,6 +12,8 @@ from medblip_dicom.training.data import DEFAULT_MAX_LENGTH
 from medblip_dicom.training.records import normalise_split
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+#: How the best model is exported: merged weights, or the base model's name plus the LoRA adapter.
+EXPORTS = ("merged", "adapter")
 
 
 @dataclass
@@ -46,6 +48,12 @@ class TrainConfig:
     validate_files: bool = True
     model_name: str | None = None
     log_every: int = 10
+    prompt: str | None = None  # a model given an instruction: default the base model's, else the standard one
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters of this rank, the base model frozen
+    lora_alpha: int | None = None  # LoRA scaling numerator; default 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"  # PEFT target_modules: "all-linear" or comma-separated module names
+    export: str = "merged"
 
     def __post_init__(self) -> None:
         self.train_split = normalise_split(self.train_split)
@@ -63,6 +71,14 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.save_every < 0 or self.num_workers < 0:
             raise ValueError("save_every and num_workers must be >= 0")
+        if self.lora_rank < 0 or (self.lora_alpha is not None and self.lora_alpha < 1):
+            raise ValueError("lora_rank must be >= 0 and lora_alpha >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.export not in EXPORTS:
+            raise ValueError(f"export must be one of {', '.join(EXPORTS)}, got {self.export!r}")
+        if self.export == "adapter" and not self.lora_rank:
+            raise ValueError("export = adapter needs LoRA training (lora_rank > 0); full fine-tuning exports merged weights")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -1,4 +1,4 @@
-"""Fine-tune BLIP for captioning: one readable loop on Hugging Face ``accelerate``.
+"""Fine-tune a captioning model (BLIP or any served family): one readable loop on Hugging Face ``accelerate``.
 
 Why accelerate and not ``transformers.Trainer``: the loop stays ours and short (nanoGPT style:
 one function, one checkpoint, one metrics line per evaluation), while accelerate supplies what is
@@ -7,6 +7,11 @@ accumulation, DDP under ``torchrun`` / ``accelerate launch`` with sharded data l
 ``save_state`` / ``load_state`` with optimizer, scheduler, scaler and RNG states.
 ``transformers.Trainer`` would hide the loop and choose checkpoints by loss unless customised,
 whereas the best model here is chosen by validation BLEU from generated captions.
+
+Any family :mod:`medblip_dicom.families` serves trains here: a model without a prompt (BLIP, GIT)
+learns its captions as before; a model given an instruction learns the caption that follows its
+prompt, with the loss on the caption tokens only (:mod:`.data`). ``lora_rank`` > 0 trains LoRA
+adapters on a frozen base (:mod:`.lora`) and exports merged weights or base + adapter (:mod:`.export`).
 
 The run writes into ``config.out``::
 
@@ -24,7 +29,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,10 @@ from medblip_dicom.training.checkpoints import (
     TrainerState, keep_one_name_per_tensor, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
 from medblip_dicom.training.config import TrainConfig
-from medblip_dicom.training.data import CaptionCollator, CaptionDataset, EpochShuffleSampler
+from medblip_dicom.training.lora import apply_lora, vision_tower
+from medblip_dicom.training.data import (
+    CaptionCollator, CaptionDataset, EpochShuffleSampler, PromptCaptionCollator, PromptCaptionDataset,
+)
 from medblip_dicom.training.records import Record, detect_layout, load_records
 from medblip_dicom.training.validation import validate_records, write_validation_report
 
@@ -69,23 +77,54 @@ def _load_split(config: TrainConfig, split: str, limit: int | None, accelerator:
     return [r for r in records if r.id in keep]
 
 
-def _load_base(config: TrainConfig) -> tuple[Any, Any]:
-    from transformers import AutoConfig, BlipForConditionalGeneration, BlipProcessor
+@dataclass
+class Base:
+    """The model training starts from, its processor, its family and the prompt it is trained with."""
 
+    model: Any
+    processor: Any
+    model_type: str
+    architecture: str
+    prompt: str
+
+
+def _load_base(config: TrainConfig) -> Base:
     from medblip_dicom.errors import ModelLoadError
-    from medblip_dicom.modelload import check_architecture, load_strict
+    from medblip_dicom.families import resolve_prompt
+    from medblip_dicom.identity import read_provenance
+    from medblip_dicom.modelload import load_model
 
     try:
         # Strict: a base model with missing or unused weights would start training half random.
-        check_architecture(AutoConfig.from_pretrained(config.base_model), config.base_model)
-        processor = BlipProcessor.from_pretrained(config.base_model)
-        model = load_strict(BlipForConditionalGeneration, config.base_model, config.base_model)
+        loaded = load_model(config.base_model, config.base_model)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load base model {config.base_model!r} ({str(exc).splitlines()[0][:200]}); pass a local "
-            "BLIP model directory (save_pretrained) or a cached hub id"
+            "model directory (save_pretrained) or a cached hub id"
         ) from None
-    return processor, model
+    local = Path(config.base_model).expanduser()
+    prompt = resolve_prompt(loaded.model_type, loaded.architecture, config.base_model, given=config.prompt,
+                            recorded=read_provenance(local if local.is_dir() else None).get("prompt"))
+    return Base(loaded.model, loaded.processor, loaded.model_type, loaded.architecture, prompt)
+
+
+def _data(base: Base, records: list[Record], config: TrainConfig) -> tuple[Any, Any]:
+    """The data set and collator for the base model's family (see :mod:`.data`)."""
+    from medblip_dicom.families import caption_token_type
+    from medblip_dicom.modelinputs import InputBuilder
+
+    if not base.prompt:
+        text_config = base.model.config.get_text_config()
+        collate = CaptionCollator(base.processor.tokenizer, text_config.bos_token_id, config.max_length)
+        return CaptionDataset(records, base.processor.image_processor), collate
+    inputs = InputBuilder.for_prompt(base.processor, base.prompt)
+    tokenizer = base.processor.tokenizer
+    ends = base.model.generation_config.eos_token_id
+    ends = [ends] if isinstance(ends, int) else list(ends or [])
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id in ends or not ends else ends[0]
+    collate = PromptCaptionCollator(tokenizer, end, inputs.pad_token_id, caption_token_type(base.model_type),
+                                    config.max_length)
+    return PromptCaptionDataset(records, inputs), collate
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -106,17 +145,21 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     accelerator.wait_for_everyone()
 
-    processor, model = _load_base(config)
+    base = _load_base(config)
+    model, processor = base.model, base.processor
     if config.freeze_vision:
-        model.vision_model.requires_grad_(False)
+        vision_tower(model).requires_grad_(False)
+    if config.lora_rank:
+        model = apply_lora(model, config)
+        if config.freeze_vision:  # the vision tower's adapters stay at zero
+            vision_tower(model.get_base_model()).requires_grad_(False)
     train_records = _load_split(config, config.train_split, config.max_train_samples, accelerator, out)
     val_records = _load_split(config, config.val_split, config.max_eval_samples, accelerator, out)
     if not train_records:
         raise ValueError(f"no usable training rows in {config.data} ({config.train_split}); see {out / 'data'}")
 
-    dataset = CaptionDataset(train_records, processor.image_processor)
+    dataset, collate = _data(base, train_records, config)
     sampler = EpochShuffleSampler(len(dataset), config.seed)
-    collate = CaptionCollator(processor.tokenizer, model.config.text_config.bos_token_id, config.max_length)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                          collate_fn=collate, num_workers=config.num_workers)
     # The schedule is laid out for one process; accelerate steps it once per process.
@@ -193,7 +236,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         epoch_seconds = time.perf_counter() - started
 
-        metrics = _evaluate(accelerator, model, processor, val_records, config, out)
+        metrics = _evaluate(accelerator, model, processor, val_records, config, out, base.prompt)
         if accelerator.is_main_process:
             metrics.update(epoch=state.epoch, step=state.step, lr=scheduler.get_last_lr()[0],
                            train_loss=state.loss_history[-1][1] if state.loss_history else None,
@@ -204,7 +247,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             state.eval_history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             if metrics["bleu4"] > state.best_metric:
                 state.best_metric, state.best_epoch = metrics["bleu4"], state.epoch
-                _export_best(accelerator.unwrap_model(model), processor, config, state, layout,
+                _export_best(accelerator.unwrap_model(model), base, config, state, layout,
                              len(train_records), len(val_records), metrics)
         state = _broadcast_state(accelerator, state)
         save_checkpoint(accelerator, state, checkpoints, config.keep_last)
@@ -244,7 +287,7 @@ def _broadcast_state(accelerator: Any, state: TrainerState) -> TrainerState:
 
 
 def _evaluate(accelerator: Any, model: Any, processor: Any, records: list[Record], config: TrainConfig,
-              out: Path) -> dict[str, Any]:
+              out: Path, prompt: str) -> dict[str, Any]:
     """Caption the validation rows (sharded over ranks) and score them on rank 0."""
     from accelerate.utils import gather_object
 
@@ -256,7 +299,7 @@ def _evaluate(accelerator: Any, model: Any, processor: Any, records: list[Record
     net = accelerator.unwrap_model(model)
     settings = GenerationSettings(num_beams=config.eval_num_beams, max_new_tokens=config.eval_max_new_tokens,
                                   min_new_tokens=1)
-    captioner = CaptionGenerator(net, processor, accelerator.device, torch.float32, settings)
+    captioner = CaptionGenerator(net, processor, accelerator.device, torch.float32, settings, prompt=prompt)
     shard = records[accelerator.process_index::accelerator.num_processes]
     with accelerator.autocast():
         rows = generate_predictions(captioner, shard, batch_size=config.batch_size)
@@ -270,13 +313,16 @@ def _evaluate(accelerator: Any, model: Any, processor: Any, records: list[Record
     return score(rows)
 
 
-def _export_best(model: Any, processor: Any, config: TrainConfig, state: TrainerState, layout: str,
+def _export_best(model: Any, base: Base, config: TrainConfig, state: TrainerState, layout: str,
                  n_train: int, n_val: int, metrics: dict[str, Any]) -> None:
-    from medblip_dicom.training.export import export_model
+    from medblip_dicom.training.export import export_lora, export_model
+    from medblip_dicom.training.lora import lora_settings
 
-    export_model(model, processor, Path(config.out) / "best", provenance={
+    provenance = {
         "model_name": config.model_name or Path(config.out).resolve().name,
         "base_model": config.base_model,
+        "prompt": base.prompt or None,
+        "training": "lora" if config.lora_rank else "full",
         "data": {"root": str(config.data), "layout": layout, "subset": config.subset,
                  "train_split": config.train_split, "train_rows": n_train,
                  "val_split": config.val_split, "val_rows": n_val},
@@ -285,4 +331,10 @@ def _export_best(model: Any, processor: Any, config: TrainConfig, state: Trainer
         "val_metrics": {k: v for k, v in metrics.items() if k.startswith(("bleu", "sentence"))},
         "metric_definitions": {"tokenisation": metrics.get("tokenisation"), "smoothing": metrics.get("smoothing")},
         "config": config.to_dict(),
-    })
+    }
+    target = Path(config.out) / "best"
+    if config.lora_rank:
+        provenance["lora"] = lora_settings(config)
+        export_lora(model, base.processor, target, provenance, base_model=config.base_model, mode=config.export)
+    else:
+        export_model(model, base.processor, target, provenance)

@@ -63,6 +63,7 @@ class BatchConfig:
     prepare_workers: int | None = None  # default: as many as the CPUs left allow
     resume: Path | None = None
     crash_once: str | None = None  # test hook, see CaptionActor
+    prompt: str | None = None  # a model given an instruction: --prompt (default: its provenance's)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -275,13 +276,14 @@ def _stages(todo: pd.DataFrame, config: BatchConfig, plan_cfg: dict[str, Any], o
     return (
         ray.data.from_pandas(blocks)
         .map_batches(stages.prepare_batch, batch_format="pandas", batch_size=config.batch_size,
-                     fn_kwargs={"model": config.model, "frame": config.frame},
+                     fn_kwargs={"model": config.model, "frame": config.frame, "prompt": config.prompt},
                      compute=TaskPoolStrategy(size=min(plan_cfg["prepare_workers"], len(blocks))),
                      num_cpus=plan_cfg["prepare_cpus"])
         .map_batches(stages.CaptionActor, batch_format="pandas", batch_size=config.batch_size,
                      fn_constructor_kwargs={"model": config.model, "device": config.device, "dtype": config.dtype,
                                             "threads": plan_cfg["threads"],
-                                            "generation": config.generation, "crash_once": config.crash_once},
+                                            "generation": config.generation, "crash_once": config.crash_once,
+                                            "prompt": config.prompt},
                      compute=ActorPoolStrategy(size=plan_cfg["actors"]), num_cpus=plan_cfg["actor_cpus"],
                      num_gpus=plan_cfg["gpu_each"] or None, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
         .map_batches(stages.write_batch, batch_format="pandas", batch_size=config.batch_size,

@@ -2,8 +2,9 @@
 
 - :func:`read_facts`: header only, the facts selection plans with (:mod:`medblip_dicom.selection`).
 - :func:`prepare_batch`: :func:`medblip_dicom.pipeline.prepare` per row (read, decode, window,
-  processor); the picture leaves as float32 bytes, the header as DICOM bytes, never as pydicom
-  objects (Ray moves columns between processes and machines).
+  processor, and the prompt of a model given one); the model inputs leave as bytes
+  (:func:`encode_inputs`), the header as DICOM bytes, never as pydicom objects (Ray moves columns
+  between processes and machines).
 - :class:`CaptionActor`: loads the model once (a path given to its constructor) and captions the
   prepared rows of each batch in one model call.
 - :func:`write_batch`: :func:`medblip_dicom.pipeline.finish` per captioned row, unless the SR's
@@ -81,14 +82,39 @@ def read_facts(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=2)
-def _processor(model: str) -> Any:
-    """The model's processor (no weights), once per worker process."""
-    from transformers import BlipProcessor
+def model_inputs(model: str, prompt: str | None = None) -> Any:
+    """The model's input builder (processor and prompt, no weights), once per worker process.
+
+    Made by the library's loader (:func:`medblip_dicom.captioner.load_inputs`), the one the
+    caption actors' :meth:`~medblip_dicom.captioner.Captioner.load` uses: the same processor, the
+    same prompt, the same refusals.
+    """
+    from medblip_dicom.captioner import load_inputs
 
     # No torch.set_num_threads here: Ray already gives each task's process OMP_NUM_THREADS = its
     # CPUs, and where a stage runs in the driver (Ray may), a global change would outlive the job.
-    where = os.path.expanduser(model)
-    return BlipProcessor.from_pretrained(where if os.path.isdir(where) else model, local_files_only=True)
+    return load_inputs(model, prompt=prompt)
+
+
+def encode_inputs(inputs: Any) -> tuple[bytes, str]:
+    """A picture's model inputs as ``(bytes, layout)``: a pixel array as float32 bytes and its shape
+    (JSON), a dict of arrays (a model given a prompt) as an ``.npz`` archive and layout ``"npz"``."""
+    if isinstance(inputs, dict):
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in inputs.items()})
+        return buffer.getvalue(), "npz"
+    array = np.ascontiguousarray(inputs, dtype=np.float32)
+    return array.tobytes(), json.dumps(list(array.shape))
+
+
+def decode_inputs(data: bytes, layout: str) -> Any:
+    """The inverse of :func:`encode_inputs`, as torch tensors (arrays only: nothing is unpickled)."""
+    import torch
+
+    if layout == "npz":
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {k: torch.from_numpy(archive[k].copy()) for k in archive.files}
+    return torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(json.loads(layout)).copy())
 
 
 def _header_bytes(header: Any) -> bytes:
@@ -103,13 +129,15 @@ def _header_bytes(header: Any) -> bytes:
     return buffer.getvalue()
 
 
-def prepare_batch(batch: pd.DataFrame, *, model: str, frame: int | None) -> pd.DataFrame:
+def prepare_batch(batch: pd.DataFrame, *, model: str, frame: int | None, prompt: str | None = None) -> pd.DataFrame:
     """Prepare each row (columns ``index, path, note``); failed rows carry ``error`` and ``reason``."""
+    from medblip_dicom.modelinputs import as_numpy
+
     protect_logs()
-    processor = _processor(model)
+    inputs = model_inputs(model, prompt)
 
     def preprocess(images: list[Any]) -> Any:
-        return processor(images=list(images), return_tensors="np")["pixel_values"].astype(np.float32)
+        return as_numpy(inputs(images))
 
     rows = []
     for index, path, note in zip(batch["index"], batch["path"], batch["note"]):
@@ -120,8 +148,8 @@ def prepare_batch(batch: pd.DataFrame, *, model: str, frame: int | None) -> pd.D
             source = load_source(path)
             outcome = prepare(Annotated(source, note) if note else source, frame, preprocess)
             if isinstance(outcome, Prepared):
-                array = np.ascontiguousarray(outcome.pixel_values, dtype=np.float32)
-                row.update(pixels=array.tobytes(), shape=json.dumps(list(array.shape)),
+                data, layout = encode_inputs(outcome.pixel_values)
+                row.update(pixels=data, shape=layout,
                            header=_header_bytes(outcome.header), frame_index=outcome.frame_index,
                            sop_instance_uid=str(outcome.header.SOPInstanceUID),
                            series_instance_uid=str(outcome.header.SeriesInstanceUID), **outcome.timings)
@@ -143,7 +171,8 @@ class CaptionActor:
     """
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", threads: int = 1,
-                 generation: dict[str, Any] | None = None, crash_once: str | None = None) -> None:
+                 generation: dict[str, Any] | None = None, crash_once: str | None = None,
+                 prompt: str | None = None) -> None:
         import torch
 
         from medblip_dicom.api import load_captioner
@@ -151,13 +180,11 @@ class CaptionActor:
 
         protect_logs()
         torch.set_num_threads(max(1, int(threads)))
-        self.captioner = load_captioner(model, device=device, dtype=dtype)
+        self.captioner = load_captioner(model, device=device, dtype=dtype, prompt=prompt)
         self.settings = GenerationSettings(**generation) if generation else self.captioner.settings
         self.crash_once = crash_once
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        import torch
-
         if self.crash_once and not os.path.exists(self.crash_once):
             Path(self.crash_once).write_text(str(os.getpid()))
             os._exit(17)
@@ -166,17 +193,18 @@ class CaptionActor:
         captions = [""] * len(batch)
         per_image = 0.0
         if ready:
-            tensors = [torch.from_numpy(np.frombuffer(batch["pixels"].iat[i], dtype=np.float32)
-                                        .reshape(json.loads(batch["shape"].iat[i])).copy()) for i in ready]
+            inputs = [decode_inputs(batch["pixels"].iat[i], batch["shape"].iat[i]) for i in ready]
             started = time.perf_counter()
-            for i, text in zip(ready, self.captioner.generate(torch.cat(tensors), self.settings), strict=True):
+            for i, text in zip(ready, self.captioner.generate(self.captioner.collate(inputs), self.settings),
+                               strict=True):
                 captions[i] = text
             per_image = (time.perf_counter() - started) / len(ready)
         identity = self.captioner.identity
         batch["caption"] = captions
         chosen = set(ready)
         batch["caption_s"] = [per_image if i in chosen else 0.0 for i in range(len(batch))]
-        batch["identity"] = json.dumps([identity.name, identity.version, identity.weights_sha256, identity.source])
+        batch["identity"] = json.dumps([identity.name, identity.version, identity.weights_sha256, identity.source,
+                                        identity.architecture, identity.prompt])
         return batch.drop(columns=["pixels", "shape"])
 
 

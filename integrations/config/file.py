@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from medblip_dicom.generation import GenerationSettings
 from medblip_dicom.selection import SelectConfig, SelectionError, config_from_mapping
 
 from medblip_dicom.integrations.config.checks import (
@@ -34,6 +33,7 @@ from medblip_dicom.integrations.config.dicomweb import DicomwebConfig, ForwardDi
 from medblip_dicom.integrations.config.ops import AuditConfig, MetricsConfig
 from medblip_dicom.integrations.config.fhir import FhirConfig
 from medblip_dicom.integrations.config.hl7 import Hl7Config
+from medblip_dicom.integrations.config.model import ModelConfig
 from medblip_dicom.integrations.config.review import ReviewConfig
 from medblip_dicom.integrations.config.tls import ForwardTLSConfig, NodeTLSConfig
 
@@ -47,37 +47,6 @@ def default_spool_dir() -> Path:
 
 DEFAULT_IGNORE = (".DS_Store", "Thumbs.db", "desktop.ini", ".*", "~*", "*.tmp", "*.part", "*.partial",
                   "*.crdownload", "*.swp")
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which model captions, where, and how it generates (checked by :class:`GenerationSettings`)."""
-
-    path: str = ""
-    device: str = "auto"
-    dtype: str = "auto"
-    num_beams: int = 3
-    max_new_tokens: int = 60
-    min_new_tokens: int = 5
-    no_repeat_ngram_size: int = 3
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, str):
-            fail("model", "path", f"must be a model folder or hub id (text), got {shown(self.path)}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            fail("model", "dtype", f"{self.dtype!r}: use auto, float32, bfloat16 or float16")
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            fail("model", "device", f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
-        try:
-            self.generation  # noqa: B018 - built once here to check the values
-        except ValueError as exc:
-            raise ConfigError(f"[model] {exc}") from None
-
-    @property
-    def generation(self) -> GenerationSettings:
-        """The generation settings these values describe."""
-        return GenerationSettings(num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
-                                  min_new_tokens=self.min_new_tokens, no_repeat_ngram_size=self.no_repeat_ngram_size)
-
-
 @dataclass(frozen=True)
 class WorkerConfig:
     """Batching across jobs: a batch is taken when full or when its oldest job waited max_wait_s.

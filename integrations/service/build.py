@@ -30,7 +30,7 @@ def load_captioner(config: ServiceConfig) -> Captioner:
     m = config.model
     if not m.path:
         raise ConfigError("[model] path: no model given; pass --model or set it in the config file")
-    return Captioner.load(m.path, device=m.device, dtype=m.dtype, settings=m.generation)
+    return Captioner.load(m.path, device=m.device, dtype=m.dtype, settings=m.generation, prompt=m.prompt or None)
 
 
 def open_spool(config: ServiceConfig, *, received: Bell | None = None, reported: Bell | None = None) -> Spool:

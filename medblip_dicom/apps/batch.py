@@ -109,7 +109,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                              select=select_config(args),
                              num_gpus_per_worker=args.num_gpus_per_worker, caption_workers=args.caption_workers,
                              cpus_per_worker=args.cpus_per_worker, prepare_workers=args.prepare_workers,
-                             resume=args.resume)
+                             resume=args.resume, prompt=args.prompt)
         inputs = _inputs(args.inputs)
         if args.resume is not None:
             from medblip_dicom.integrations.batch.manifest import done_paths
@@ -121,10 +121,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not inputs:
         say_error("batch", "no files found in " + " ".join(args.inputs))
         return EXIT_USAGE
-    try:
-        from medblip_dicom.integrations.batch.stages import _processor
+    from medblip_dicom.errors import MedblipError
 
-        _processor(args.model)  # the processor alone: a missing model fails here, not in every worker
+    try:
+        from medblip_dicom.integrations.batch.stages import model_inputs
+
+        model_inputs(args.model, args.prompt)  # processor and prompt alone: a bad model fails here, not in every worker
+    except MedblipError as exc:
+        say_error("batch", exc)
+        return EXIT_USAGE
     except (OSError, ValueError) as exc:
         say_error("batch", f"model {args.model!r} cannot be loaded: {str(exc).splitlines()[0][:200]}")
         return EXIT_USAGE

@@ -86,7 +86,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     named = dict(inputs)
     try:
-        captioner = load_captioner(args.model, device=args.device, dtype=args.dtype)
+        captioner = load_captioner(args.model, device=args.device, dtype=args.dtype, prompt=args.prompt)
     except MedblipError as exc:
         say_error("caption", exc)
         return EXIT_USAGE

@@ -2,7 +2,8 @@
 
 Each check returns :class:`Finding` rows (``ok``, ``warn`` or ``fail``) with a hint for anything
 that is not ok: which transfer syntaxes decode with the installed plug-ins, the compute device and
-its bf16 support, the Hugging Face model cache, dcmtk / dicom3tools / Orthanc, whether the
+its bf16 support, the Hugging Face model cache, which model families this install can serve,
+dcmtk / dicom3tools / Orthanc, whether the
 DICOM node's port is free, and (with ``--config``) whether a configured DICOMweb server answers
 and whether the configured DIMSE archive (``[forward] destination``) answers C-ECHO and C-FIND.
 """
@@ -111,6 +112,28 @@ def check_model_cache() -> list[Finding]:
     return out
 
 
+def check_families() -> list[Finding]:
+    """Which model families this install can serve (:mod:`medblip_dicom.families`); nothing is downloaded."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from medblip_dicom.families import FAMILIES, family_status, takes_prompt
+
+    out = []
+    for family in FAMILIES:
+        status = family_status(family.model_type)
+        how = "with a prompt" if takes_prompt(family.model_type) else "without a prompt"
+        if status.servable:
+            out.append(Finding("families", "ok", f"{family.label}: {status.architecture}, {how} (e.g. {family.example})"))
+        else:
+            hint = ("install torchvision (the build matching your torch)" if "torchvision" in status.reason
+                    else "upgrade transformers")
+            out.append(Finding("families", "warn", f"{family.label}: cannot serve here: {status.reason}", hint))
+    out.append(Finding("families", "ok", f"any of the {len(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)} model types "
+                       f"transformers {transformers.__version__} loads with AutoModelForImageTextToText is accepted"))
+    return out
+
+
 def check_tools() -> list[Finding]:
     """dcmtk, dicom3tools and Orthanc (used by tests, validation and as a test PACS)."""
     out = []
@@ -170,7 +193,8 @@ def check_dimse(forward: ForwardConfig) -> list[Finding]:
 
 def run_checks(host: str = "127.0.0.1", port: int = 11112) -> list[Finding]:
     """All checks, in report order."""
-    return [*check_decoders(), *check_device(), *check_model_cache(), *check_tools(), *check_port(host, port)]
+    return [*check_decoders(), *check_device(), *check_model_cache(), *check_families(), *check_tools(),
+            *check_port(host, port)]
 
 
 def format_findings(findings: list[Finding]) -> str:

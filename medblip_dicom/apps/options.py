@@ -3,7 +3,7 @@
 ``medblip caption``, ``batch``, ``pull`` and the services (``watch``, ``node``) each add the groups
 they need, so a flag is spelled, defaulted and explained the same way wherever it appears:
 
-- :func:`add_model`: ``--model/-m``, ``--device``, ``--dtype``, ``--batch-size``. The services
+- :func:`add_model`: ``--model/-m``, ``--prompt``, ``--device``, ``--dtype``, ``--batch-size``. The services
   take them ``from_config``: no default of their own, the TOML file's ``[model]`` and ``[worker]``
   values apply unless a flag is given.
 - :func:`add_generation`: ``--num-beams``, ``--max-new-tokens``, ``--min-new-tokens``,
@@ -34,14 +34,18 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Default images per model call, where the command has no configuration file.
 DEFAULT_BATCH_SIZE = 8
 
-MODEL_HELP = "BLIP model directory (save_pretrained: model + processor) or a cached hub id"
+MODEL_HELP = ("model directory (save_pretrained: model + processor; BLIP or any image-to-text family, "
+              "medblip doctor lists them) or a cached hub id")
+PROMPT_HELP = ("instruction for a model that takes one (vision-language models; default: the model's "
+               "provenance, else \"Describe this radiology image in one sentence.\"); recorded in every SR")
 DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps"
 DTYPE_HELP = "compute precision"
 
 
 def add_model(parser: argparse.ArgumentParser, *, required: bool = True, from_config: bool = False,
               note: str = "") -> None:
-    """``--model/-m``, ``--device``, ``--dtype`` and ``--batch-size``: which model captions, where, how many at once.
+    """``--model/-m``, ``--prompt``, ``--device``, ``--dtype`` and ``--batch-size``: which model captions
+    (asked what), where, how many at once.
 
     `from_config`: the flags only override the configuration file (their default is None and their
     help names the key they override). `note` is appended to ``--model``'s help (batch: every Ray
@@ -52,6 +56,7 @@ def add_model(parser: argparse.ArgumentParser, *, required: bool = True, from_co
 
     parser.add_argument("--model", "-m", required=required, default=None,
                         help=MODEL_HELP + (f"; {note}" if note else "") + key("[model] path"))
+    parser.add_argument("--prompt", default=None, help=PROMPT_HELP + key("[model] prompt"))
     parser.add_argument("--device", default=None if from_config else "auto", help=DEVICE_HELP + key("[model] device"))
     parser.add_argument("--dtype", default=None if from_config else "auto", choices=DTYPES,
                         help=DTYPE_HELP + (key("[model] dtype") or " (auto: bf16/fp16 where the device supports it)"))

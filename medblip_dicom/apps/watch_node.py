@@ -144,7 +144,7 @@ def add_commands(subparsers: Any) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {
-        "model": {"path": args.model, "device": args.device, "dtype": args.dtype},
+        "model": {"path": args.model, "prompt": args.prompt, "device": args.device, "dtype": args.dtype},
         "worker": {"batch_size": args.batch_size},
         "spool": {"dir": args.spool},
         "output": {"dir": args.out, "secondary_capture": args.secondary_capture},

@@ -52,7 +52,7 @@ class TestLoading:
 
     def test_directory_without_model(self, tmp_path):
         (tmp_path / "empty-model").mkdir()
-        with pytest.raises(ModelLoadError, match="not a usable BLIP model directory"):
+        with pytest.raises(ModelLoadError, match="not a usable model directory"):
             Captioner.load(tmp_path / "empty-model", device="cpu")
 
     def test_pickled_weights_are_refused(self, tiny_model_dir, tmp_path):

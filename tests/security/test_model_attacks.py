@@ -1,8 +1,10 @@
 """A model directory that is not what it claims is refused before it writes a report.
 
 - a BLIP checkpoint with a weight removed, with an extra weight, or with a weight of the wrong
-  shape; a GIT model saved with ``save_pretrained``; a BLIP retrieval model: each is refused by
-  ``medblip caption`` with one line naming the problem (and the first keys), and no SR is written;
+  shape; a CLIP model saved with ``save_pretrained`` (no image-to-text architecture); a BLIP
+  retrieval model: each is refused by ``medblip caption`` with one line naming the problem (and
+  the first keys), and no SR is written (the other families' damaged checkpoints:
+  ``tests/core/test_families.py``);
 - the weights-digest cache certifies only the weights that were loaded: files replaced while a
   model loads do not leave a cache entry that gives the new files the old weights' digest.
 """
@@ -72,19 +74,18 @@ def test_a_damaged_blip_checkpoint_is_refused_and_writes_nothing(tiny_model_dir,
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_git_model_is_refused_naming_its_architecture(td, tmp_path, capsys):
-    from transformers import GitConfig, GitForCausalLM
+def test_a_model_that_is_not_an_image_to_text_model_is_refused_naming_its_architecture(td, tmp_path, capsys):
+    from transformers import CLIPConfig, CLIPModel
 
-    git = tmp_path / "git-model"
-    config = GitConfig(vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                          num_attention_heads=2, image_size=32, patch_size=16),
-                       hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                       vocab_size=100)
-    GitForCausalLM(config).save_pretrained(git)
+    clip = tmp_path / "clip-model"
+    tiny = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    CLIPModel(CLIPConfig(text_config=dict(tiny, vocab_size=100),
+                         vision_config=dict(tiny, image_size=32, patch_size=16), projection_dim=16)).save_pretrained(clip)
     out = tmp_path / "srs"
-    rc, stderr = _caption(git, td("CT_small.dcm"), out, capsys)
+    rc, stderr = _caption(clip, td("CT_small.dcm"), out, capsys)
     assert rc == 2
-    assert "GitForCausalLM" in stderr and "cannot serve" in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "CLIPModel" in line and "cannot serve" in line and "AutoModelForImageTextToText" in line
     assert not out.exists() or not any(out.iterdir())
 
 
