@@ -14,7 +14,7 @@ from medblip_dicom.apps.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("caption", "train", "evaluate", "watch", "node", "status", "show-sr", "doctor", "quickstart",
-               "review", "pull", "batch")
+               "review", "pull", "batch", "deid")
 
 
 def _subparsers():
