@@ -27,7 +27,7 @@ from medblip_dicom.selection import SelectConfig
 from medblip_dicom.integrations.config.dicomweb import ForwardDicomwebConfig
 from medblip_dicom.integrations.delivery.sinks.dicomweb import StowClient, StowUnavailable
 from medblip_dicom.integrations.pull.choose import (
-    INSTANCE_KEYS, SERIES_KEYS, Answer, RetrievalPlan, is_report, merged, plan_retrieval,
+    INSTANCE_KEYS, SERIES_KEYS, Answer, RetrievalPlan, is_report, plan_retrieval,
 )
 from medblip_dicom.integrations.pull.study import StudyPull, caption_into, sources_to_caption
 

@@ -86,6 +86,7 @@ class DimsePuller:
         self.stop = threading.Event()
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._lock = threading.Lock()
+        self._get_worked = False
 
     def find_studies(self, query: Mapping[str, str]) -> list[str]:
         """StudyInstanceUIDs of the studies a C-FIND query matches (:meth:`.dimse_find.Finder.find_studies`)."""
@@ -97,13 +98,16 @@ class DimsePuller:
 
     def _retriever(self) -> Retriever:
         return Retriever(self.archive, self.settings, self.receiver, method=self.method,
-                         destination=self.move_destination, listening=self.listening, listen_at=self.listen_at)
+                         destination=self.move_destination, listening=self.listening, listen_at=self.listen_at,
+                         get_worked=self._get_worked)
 
     def _retrieve(self, study_uid: str, plan: RetrievalPlan, folder: Path, result: StudyPull) -> dict[str, Path]:
         with self._slots:
             retriever = self._retriever()
             try:
-                return retriever.retrieve(study_uid, plan, folder, result, self.progress)
+                received = retriever.retrieve(study_uid, plan, folder, result, self.progress)
+                self._get_worked |= retriever.method == "get" and bool(received)
+                return received
             except RetrieveRefused as exc:
                 if retriever.method != "get" or not self.move_destination:
                     if retriever.method == "get":

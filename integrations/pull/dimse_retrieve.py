@@ -16,11 +16,11 @@ the instance's transfer syntax (dcmtk's dcmqrscp), cannot send a compressed inst
 uncompressed context was accepted too. So the instances a C-GET could not bring are asked for once
 more, each alone, on an association that offers only the compressed syntaxes.
 
-An archive that will not do C-GET (no C-GET context, 0x0122 / 0x0124, or an association aborted
-on the first C-GET while the archive still answers) raises :class:`RetrieveRefused` before anything
-is counted, so the caller can retry the study by C-MOVE. So does a C-MOVE to a destination the
-archive does not know (0xA801; Orthanc answers 0xC000 and sends nothing), with the sentence that
-tells the operator what to configure.
+An archive that will not do C-GET (no C-GET context, 0x0122 / 0x0124, or, before any C-GET of the
+pull brought an instance, an association aborted on the first C-GET while the archive still
+answers) raises :class:`RetrieveRefused` before anything is counted, so the caller can retry the
+study by C-MOVE. So does a C-MOVE to a destination the archive does not know (0xA801; Orthanc
+answers 0xC000 and sends nothing), with the sentence that tells the operator what to configure.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ class Retriever:
     `destination`; `listening` says that `receiver` gets what the C-MOVE sends (else: hand-off)."""
 
     def __init__(self, archive: Destination, settings: DimseSettings, receiver: Receiver, *, method: str = "get",
-                 destination: str = "", listening: bool = False, listen_at: str = "") -> None:
+                 destination: str = "", listening: bool = False, listen_at: str = "",
+                 get_worked: bool = False) -> None:
         self.archive = archive
         self.settings = settings
         self.receiver = receiver
@@ -115,6 +116,7 @@ class Retriever:
         self.destination = destination
         self.listening = listening
         self.listen_at = listen_at  # host:port of our listener, for the operator's sentence
+        self.get_worked = get_worked  # a C-GET of this pull brought something: an abort is no refusal
 
     def identifier(self, study_uid: str, request: Request) -> Dataset:
         ds = Dataset()
@@ -156,7 +158,8 @@ class Retriever:
         """Why the first request says the archive will not retrieve this way, or None."""
         if got or reply.attempted:
             return None
-        if self.method == "get" and (reply.status in (0x0122, 0x0124) or (reply.status is None and self._answers())):
+        aborted = reply.status is None and not self.get_worked and self._answers()
+        if self.method == "get" and (reply.status in (0x0122, 0x0124) or aborted):
             return f"archive {self.archive} refused C-GET ({status_words(reply.status)})"
         where = f" at {self.listen_at}" if self.listen_at else ""
         if self.method == "move" and reply.status == 0xA801:
