@@ -48,8 +48,9 @@ def parse_dimse_url(text: str, flag: str = "--from") -> Destination:
     try:
         return Destination.parse(raw.rstrip("/"))
     except MedblipError:
-        raise ValueError(f"{flag} {text!r} is not dimse://AET@HOST:PORT (for example dimse://PACS@10.0.0.5:104)") \
-            from None
+        form = "dimse://AET@HOST:PORT" if flag == "--from" else "AET@HOST:PORT"
+        example = "dimse://PACS@10.0.0.5:104" if flag == "--from" else "PACS@10.0.0.5:104"
+        raise ValueError(f"{flag} {text!r} is not {form} (for example {example})") from None
 
 
 def check_ae(flag: str, title: str) -> str:

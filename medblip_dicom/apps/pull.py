@@ -265,8 +265,10 @@ def _run(args: argparse.Namespace, puller, query, fatal: tuple[type[Exception], 
     if not studies:
         print(f"the query found no study on {puller.url}", file=sys.stderr)
         return EXIT_OK
+    from medblip_dicom.integrations.pull.study import StudyPull
+
     complete = True
-    totals: dict[str, int] = {}
+    totals = dict.fromkeys(StudyPull("").counts(), 0)
     for index, (study, result) in enumerate(puller.pull_many(studies, args.series)):
         if isinstance(result, Exception):
             print(f"study {study}: {result}; nothing captioned", file=sys.stderr)
@@ -277,7 +279,7 @@ def _run(args: argparse.Namespace, puller, query, fatal: tuple[type[Exception], 
             continue
         complete &= result.complete
         for key, value in result.counts().items():
-            totals[key] = totals.get(key, 0) + value
+            totals[key] += value
         _say(study, result, getattr(puller, "move_destination", ""))
         if result.server_error:
             _not_attempted(len(studies) - index - 1)
