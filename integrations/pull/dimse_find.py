@@ -143,8 +143,8 @@ class Finder:
                 if uid:
                     out.append(uid)
             for key in sorted(unanswered - {"ModalitiesInStudy"}):
-                logger.warning("archive %s does not return %s: whether its studies match %s=%s cannot be checked",
-                               self.archive, key, key, keys[key])
+                logger.warning("archive %s does not return %s: whether its studies match the query's %s "
+                               "cannot be checked", self.archive, key, key)  # the value may name a patient
             return list(dict.fromkeys(out))
         finally:
             release(assoc)
