@@ -23,7 +23,10 @@ organization) passes the one DICOM text rule (:func:`medblip_dicom.dicomtext.dic
 Unicode (NFC), refused with a :class:`~medblip_dicom.dicomtext.TextError` naming the character and
 its position when it holds one that DICOM text cannot (a control character, a line separator, a
 backslash in a name); both documents declare ``ISO_IR 192`` when any value is not ASCII. So the
-report the PACS gets says what the reviewer saw and signed, character for character.
+report the PACS gets says what the reviewer saw and signed, character for character. A signed
+text and a rejection reason are also required and bounded (:func:`signed_text`,
+:func:`rejection_reason`): the one place those rules are written, for the pages, the API and the
+store alike.
 """
 
 from __future__ import annotations

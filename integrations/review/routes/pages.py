@@ -1,10 +1,11 @@
 """The review station's pages: login, the worklist, one report with its image, sign and reject.
 
-Every page route declares :data:`~..deps.PageSession` (no session: a redirect to /login), every
-form POST checks the session's CSRF token, and UIDs, filters, texts and the answers to a refused
-decision follow the same rules as the API (:mod:`.rules`): a reason is required to reject, here
-as there. After a decision the reviewer goes on to the next report waiting; a refused one shows
-the report again with the sentence that says why (and what was typed, so nothing is retyped).
+Every page route declares :data:`~medblip_dicom.integrations.review.deps.PageSession` (no session:
+a redirect to /login), every form POST checks the session's CSRF token, and UIDs, filters, texts
+and the answers to a refused decision follow the same rules as the API (:mod:`.rules`): a reason
+is required to reject, here as there. After a decision the reviewer goes on to the next report
+waiting; a refused one shows the report again with the sentence that says why (and what was typed,
+so nothing is retyped).
 
 A page shows only its own messages: ``?message=`` and ``?done=`` carry a key of :data:`MESSAGES`,
 never text (an unknown key shows nothing), so a link cannot put someone's words on a trusted page.

@@ -4,9 +4,11 @@ decide, one mapping of the review's errors to HTTP statuses.
 - **UIDs** in paths and bodies are :data:`Uid`: :func:`medblip_dicom.uids.is_dicom_uid` (digits and
   dots, at most 64 characters), so no path traversal or odd character reaches the store; anything
   else is a 422 before a route runs.
-- **Texts**: the signed text and the rejection reason follow :func:`~..signing.signed_text` and
-  :func:`~..signing.rejection_reason` wherever they come from (the store applies them to every
-  caller): both required, both within their length, both through the DICOM text rule.
+- **Texts**: the signed text and the rejection reason follow
+  :func:`~medblip_dicom.integrations.review.signing.signed_text` and
+  :func:`~medblip_dicom.integrations.review.signing.rejection_reason` wherever they come from (the
+  store applies them to every caller): both required, both within their length, both through the
+  DICOM text rule.
 - **Decisions**: :func:`sign` and :func:`reject` are what a page's form and an API call do; each
   raises :class:`Refused` with the status :data:`STATUSES` gives its error: 404 unknown report,
   409 someone decided first (or a file it needs is gone), 422 a request that cannot be done as
