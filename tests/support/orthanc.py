@@ -37,7 +37,7 @@ class Orthanc:
     """An Orthanc PACS in a temp folder on free ports; start/stop by PID (restartable, same storage)."""
 
     def __init__(self, folder: Path, *, modalities: dict[str, int | dict[str, Any]] | None = None,
-                 aet: str = "ORTHANC", dicomweb: bool = False) -> None:
+                 aet: str = "ORTHANC", dicomweb: bool = False, settings: dict[str, Any] | None = None) -> None:
         self.binary = orthanc_binary()
         self.folder = folder
         self.aet = aet
@@ -71,6 +71,7 @@ class Orthanc:
                 pytest.skip(message)
             config["Plugins"] = [DICOMWEB_PLUGIN]
             config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        config.update(settings or {})  # more of Orthanc's own settings (DICOM TLS: DicomTlsEnabled, ...)
         self.config_path = folder / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
 

@@ -3,7 +3,8 @@ holding a shuffled CT series, a localizer, a CR and an SR: the middle slice by p
 are captioned, only those two instances are retrieved from the archive that answers position at
 IMAGE level (Orthanc), the SRs go back and a rerun adds nothing; C-GET refused -> C-MOVE to the
 pull's listener; a move destination the archive does not know -> what to configure; the archive
-stopped mid-retrieve -> a report per instance and exit 1, nothing half-written."""
+stopped mid-retrieve -> a report per instance and exit 1, nothing half-written; a hand-off to a
+running node; DICOM TLS with a client certificate; doctor's check of the configured archive."""
 
 from __future__ import annotations
 
@@ -210,3 +211,27 @@ def test_a_move_to_a_running_node_hands_off_only_what_it_will_caption_without_a_
         study.captioned
     assert "7 found, 0 retrieved, 0 captioned, 5 skipped" in captured.err and "2 moved" in captured.err
     assert pacs.count(study.study_uid, "SR") == 1  # the node stores its reports; the pull stores none
+
+
+def test_a_pull_over_dicom_tls_with_a_client_certificate_from_the_configuration(tmp_path, td, tool, tiny_model_dir,
+                                                                                orthanc_factory, capsys):
+    from tests.support.services import make_certificates
+
+    certs = make_certificates(tmp_path / "certs", tool("openssl"))
+    study = archive_study(td, tmp_path / "data", slices=3)
+    pacs = orthanc_factory(modalities={"MEDBLIP": free_port()}, settings={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(certs["server.pem"]),
+        "DicomTlsPrivateKey": str(certs["server.key"]), "DicomTlsTrustedCertificates": str(certs["ca.pem"]),
+        "DicomTlsRemoteCertificateRequired": True})  # only TLS, and only with a certificate of our CA
+    pacs.start()
+    for path in study.paths:
+        pacs.post("/instances", path.read_bytes())
+    config = write_toml(tmp_path / "medblip.toml", {"forward": {"calling_ae_title": "MEDBLIP", "tls": {
+        "ca": str(certs["ca.pem"]), "cert": str(certs["client.pem"]), "key": str(certs["client.key"])}}})
+    source = f"dimse://ORTHANC@127.0.0.1:{pacs.dicom_port}"
+    assert _pull(tiny_model_dir, source, "--study", study.study_uid, "--config", str(config)) == 0
+    assert "5 found, 2 retrieved, 2 captioned, 3 skipped, 0 failed, 2 stored" in capsys.readouterr().err
+    assert report_sources(pacs.instances(study.study_uid, "SR")) == study.captioned  # stored back over TLS too
+    assert _pull(tiny_model_dir, source, "--study", study.study_uid) == 1  # without TLS: one sentence
+    err = capsys.readouterr().err
+    assert f"archive ORTHANC@127.0.0.1:{pacs.dicom_port} aborted the association" in err and "Traceback" not in err
