@@ -235,3 +235,23 @@ def test_a_pull_over_dicom_tls_with_a_client_certificate_from_the_configuration(
     assert _pull(tiny_model_dir, source, "--study", study.study_uid) == 1  # without TLS: one sentence
     err = capsys.readouterr().err
     assert f"archive ORTHANC@127.0.0.1:{pacs.dicom_port} aborted the association" in err and "Traceback" not in err
+
+
+def test_an_instance_the_archive_cannot_send_is_failed_alone_with_its_status(tmp_path, td, captioner,
+                                                                             dcmqrscp_factory):
+    study = archive_study(td, tmp_path / "data", slices=3)
+    qr = dcmqrscp_factory()
+    qr.start()
+    qr.store(study.paths)
+    cr = str(pydicom.dcmread(study.cr, stop_before_pixels=True).SOPInstanceUID)
+    for path in qr.storage.iterdir():  # the archive's index still lists the CR; its file is gone
+        if path.name != "index.dat" and pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID == cr:
+            path.unlink()
+    select = SelectConfig()
+    archive = Destination("QRSCP", "127.0.0.1", qr.port)
+    puller = DimsePuller(archive, DimseSettings(), caption=partial(caption_dicoms, model=captioner, select=select),
+                         select=select)
+    result = puller.pull(study.study_uid)
+    assert [uid for uid, _ in result.failed] == [cr] and "not retrieved: 0x" in result.failed[0][1]
+    assert set(result.captioned) == study.captioned - {cr} and len(result.retrieved) == study.images - 1
+    assert not result.not_retrieved and not result.server_error  # the archive is still there
