@@ -8,7 +8,8 @@ evaluation writes into its folder:
 - ``scores.csv``: one row per image with every per-image metric (:mod:`.caption_metrics`), its
   modality group and where the group came from (:mod:`.modality`);
 - ``metrics.json``: the run's metrics, the same per modality group with counts, the optional
-  metrics computed or the reason they were not, and the definition of every metric;
+  metrics computed or the reason they were not, the definition of every metric, and the model
+  (name, version, architecture, prompt, weights digest);
 - ``scores.png``: per-image score distributions and per-modality bars.
 
 During training, validation uses :func:`score` (corpus and sentence BLEU) only: it runs every epoch.
@@ -116,6 +117,10 @@ def evaluate_model(captioner: CaptionGenerator, records: Sequence[Record], out_d
     rows = generate_predictions(captioner, records, batch_size, progress)
     metrics, table = score_rows(rows, [r.image for r in records], optional)
     metrics["seconds"] = round(time.perf_counter() - started, 3)
+    identity = getattr(captioner, "identity", None)
+    if identity is not None:  # which model, asked what: two runs compared must say who they are
+        metrics["model"] = {"name": identity.name, "version": identity.version, "architecture": identity.architecture,
+                            "prompt": identity.prompt, "weights_sha256": identity.weights_sha256}
     out = Path(out_dir)
     write_predictions(rows, out / "predictions.csv")
     table.to_csv(out / "scores.csv", index=False)

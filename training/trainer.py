@@ -160,8 +160,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     dataset, collate = _data(base, train_records, config)
     sampler = EpochShuffleSampler(len(dataset), config.seed)
+    # A generator of its own: starting an iteration draws a seed from it, not from torch's global
+    # RNG, whose state a checkpoint restores and dropout consumes (a resumed run starts one more).
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
-                                         collate_fn=collate, num_workers=config.num_workers)
+                                         collate_fn=collate, num_workers=config.num_workers,
+                                         generator=torch.Generator().manual_seed(config.seed))
     # The schedule is laid out for one process; accelerate steps it once per process.
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs

@@ -19,18 +19,24 @@ examples:
   medblip train --data ~/roco --base-model Salesforce/blip-image-captioning-base --out runs/roco1 \\
       --epochs 5 --batch-size 16 --lr 5e-5
   medblip train --data ~/roco --base-model runs/roco1/best --out runs/roco1 --resume
+  medblip train --data ~/roco --base-model ./medgemma-4b-it --out runs/medgemma --lora-rank 16 --export adapter \
+      --prompt "Describe this radiology image in one sentence." --batch-size 4 --lr 2e-4
   torchrun --nproc_per_node 4 -m medblip_dicom train --data ~/roco --base-model M --out runs/ddp
 
 --data takes a folder holding data/ (original ROCO layout) or all_data/ (Kaggle layout), or a
 .csv/.jsonl manifest of image,caption pairs (DICOM images allowed). The run writes config.json,
 data/ (dropped-row reports), metrics.jsonl, checkpoints/, best/ (the model to caption with) and
-curves.png into --out. Options may also come from a TOML file (--config), flags win.
+curves.png into --out. Options may also come from a TOML file (--config), flags win. Any family
+medblip serves trains (medblip doctor lists them); a vision-language model learns the caption that
+follows its prompt (--prompt, default: the base model's, else the standard one). --lora-rank trains
+LoRA adapters on a frozen base; --export merged (default) or adapter (base model + adapter).
 """
 
 EVALUATE_EXAMPLE = """\
 examples:
   medblip evaluate --model runs/roco1/best --data ~/roco --split test
   medblip evaluate --model runs/roco1/best --data pairs.csv --out eval/ --metrics meteor,bertscore
+  medblip evaluate --model runs/smolvlm/best --data ~/roco --split test --out runs/smolvlm/evaluation/test
   medblip evaluate --compare base/evaluation/test/predictions.csv runs/roco1/best/evaluation/test/predictions.csv
 
 Writes predictions.csv (id, reference, hypothesis), scores.csv (every per-image metric and the
@@ -46,11 +52,22 @@ B - A (--resamples, --seed); no model is loaded.
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``train`` and ``evaluate`` on the ``medblip`` parser."""
-    train = sub.add_parser("train", help="fine-tune BLIP on ROCO or your own image-caption pairs",
-                           description="Fine-tune a BLIP captioning model.", epilog=TRAIN_EXAMPLE,
+    train = sub.add_parser("train", help="fine-tune BLIP (or another family) on ROCO or your own image-caption pairs",
+                           description="Fine-tune a captioning model (BLIP or any family medblip serves).",
+                           epilog=TRAIN_EXAMPLE,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--data", help="ROCO root (data/ or all_data/) or a .csv/.jsonl manifest")
-    train.add_argument("--base-model", dest="base_model", help="BLIP model directory or cached hub id to start from")
+    train.add_argument("--base-model", dest="base_model", help="model directory or cached hub id to start from")
+    train.add_argument("--prompt", help="instruction a vision-language model learns to answer (default: the base "
+                       "model's, else the standard one); recorded in the export")
+    train.add_argument("--lora-rank", dest="lora_rank", type=int, help="train LoRA adapters of this rank on a frozen "
+                       "base (0 = full fine-tuning, the default)")
+    train.add_argument("--lora-alpha", dest="lora_alpha", type=int, help="LoRA scaling numerator (default 2 x rank)")
+    train.add_argument("--lora-dropout", dest="lora_dropout", type=float)
+    train.add_argument("--lora-targets", dest="lora_targets",
+                       help="all-linear (default) or module names, comma-separated")
+    train.add_argument("--export", choices=["merged", "adapter"], help="a LoRA run's best model: merged weights "
+                       "(default) or base model + adapter")
     train.add_argument("--out", help="run directory")
     train.add_argument("--config", type=Path, default=None, help="TOML file with training options")
     train.add_argument("--epochs", type=int)
@@ -83,6 +100,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                         "ImageCLEF BLEU, per modality), or compare two predictions files.",
                         epilog=EVALUATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--model", "-m", default=None, help="model directory or cached hub id")
+    ev.add_argument("--prompt", default=None,
+                    help="instruction for a vision-language model (default: its provenance's)")
     ev.add_argument("--data", default=None, help="ROCO root or manifest")
     ev.add_argument("--metrics", default="", help="optional metrics, comma-separated: meteor, bertscore, bleurt, "
                     "clipscore (computed only when their model or data is here)")
@@ -113,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     names = ("data", "base_model", "out", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio",
              "seed", "device", "precision", "freeze_vision", "subset", "max_length", "save_every", "keep_last",
-             "max_train_samples", "max_eval_samples", "num_workers", "validate_files", "model_name")
+             "max_train_samples", "max_eval_samples", "num_workers", "validate_files", "model_name", "prompt",
+             "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "export")
     try:
         config = TrainConfig.from_sources(args.config, {n: getattr(args, n) for n in names})
     except (ValueError, OSError) as exc:
@@ -158,7 +178,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         split = normalise_split(args.split)
         settings = GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=1)
-        captioner = Captioner.load(args.model, device=args.device, dtype=args.dtype, settings=settings)
+        captioner = Captioner.load(args.model, device=args.device, dtype=args.dtype, settings=settings,
+                                   prompt=args.prompt)
         records = load_records(args.data, split, args.subset)
     except (MedblipError, ValueError, OSError) as exc:
         say_error("evaluate", exc)
