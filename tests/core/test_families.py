@@ -169,3 +169,17 @@ def test_the_digest_is_that_of_the_weights_that_run(family_model):
     captioner = Captioner.load(family_model("paligemma"), device="cpu", dtype="float32")
     assert captioner.identity.weights_sha256 == weights_digest(captioner.model)
     assert captioner.identity.architecture == "PaliGemmaForConditionalGeneration"
+
+
+def test_a_cpu_pool_prepares_prompted_inputs_as_the_calling_process_does(family_model, td, tmp_path):
+    from medblip_dicom.api import caption_dicoms
+    from medblip_dicom.cpupool import CpuPool
+
+    captioner = Captioner.load(family_model("paligemma"), device="cpu", dtype="float32", settings=SHORT)
+    files = [td("CT_small.dcm"), td("MR_small.dcm"), td("RG1_UNCI.dcm")]
+    inline = [(o.sr_sop_instance_uid, o.caption) for o in
+              caption_dicoms(files, model=captioner, output_dir=tmp_path / "inline", batch_size=2, workers=0)]
+    with CpuPool(captioner, 1) as pool:
+        pooled = [(o.sr_sop_instance_uid, o.caption) for o in
+                  caption_dicoms(files, model=captioner, output_dir=tmp_path / "pool", batch_size=2, pool=pool)]
+    assert pooled == inline and all(caption for _, caption in inline)
