@@ -12,10 +12,14 @@ soon as it is measured (a run killed at its limit still leaves what it measured)
 2. the pipeline (DICOM files of a CR JPEG 2000 / CR / CT / MR / US mix -> SRs on disk) with a
    ``CpuPool`` of ``--processes`` processes at ``--pipeline-batch``: captions/s and the ratio to
    model-only at the same batch;
-3. lifts at ``--pipeline-batch`` and batch 1, each on top of the last one that helped: SDPA in the
+3. node ingest (``bench/node_ingest.py``): the service's node at ``[node] listeners`` = 1, 4, 8
+   under 8 concurrent streams of ~38 KiB CT slices, against storescp --fork (dcmsend senders) or,
+   where the machine has no dcmtk, the fair Python peer (pynetdicom senders): the listener design's
+   scaling where there are cores;
+4. lifts at ``--pipeline-batch`` and batch 1, each on top of the last one that helped: SDPA in the
    vision tower (captions compared with the eager ones), ``torch.compile`` of the vision tower
    (compile time measured), a static KV cache for the decoder where transformers' BLIP allows it;
-4. the pipeline again with the lifts that helped.
+5. the pipeline again with the lifts that helped.
 
     python bench/gpu_bench.py --out /tmp/gpu            # on a GPU
     python bench/gpu_bench.py --smoke --out /tmp/gpu    # every step on a CPU, in about a minute
@@ -187,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=None, help="pipeline files (default 2048; smoke 16)")
     parser.add_argument("--processes", type=int, default=None, help="CpuPool size (default cores - 1)")
     parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--ingest-listeners", type=int, nargs="*", default=None,
+                        help="node ingest at these [node] listeners (default 1 4 8; smoke 1 2; none: skip)")
+    parser.add_argument("--ingest-senders", choices=("dcmsend", "pynetdicom"), default=None,
+                        help="default: dcmsend where dcmtk is installed (pynetdicom in smoke mode)")
     args = parser.parse_args(argv)
     smoke = args.smoke
     batches = args.batches or ([1, 4] if smoke else [1, 16, 64, 128])
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             if pipe and model_only:
                 pipe["ratio_to_model_only"] = round(pipe["captions_per_s"] / model_only["captions_per_s"], 3)
                 run.save()
+            measure_ingest(run, work / "ingest", args, smoke)
             lifts = measure_lifts(run, captioner, tensors, settings, pbatch, min_s, min_calls)
             if lifts:
                 again = run.step("pipeline_with_lifts", 90,
@@ -244,6 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "gpu.md").write_text(table(run.data))
     print(table(run.data))
     return 0
+
+
+def measure_ingest(run: Run, work: Path, args: argparse.Namespace, smoke: bool) -> None:
+    """Node ingest at each ``--ingest-listeners`` count (each figure saved as it comes), after its reference."""
+    import node_ingest  # bench/, the folder of this script
+
+    listeners = tuple(args.ingest_listeners) if args.ingest_listeners is not None else (1, 2) if smoke else (1, 4, 8)
+    if not listeners:
+        return
+    senders = args.ingest_senders or ("pynetdicom" if smoke else node_ingest.scaling_senders())
+    n, streams = (40, 2) if smoke else (800, 8)
+    reference = run.step("ingest_reference", 30, lambda: node_ingest.scaling_reference(
+        work, n=n, streams=streams, senders=senders))
+    for count in listeners:
+        run.step(f"ingest_listeners_{count}", 40, lambda count=count: node_ingest.scaling_node(
+            work, n=n, streams=streams, listeners=count, senders=senders,
+            reference_per_s=(reference or {}).get("per_s")))
 
 
 def measure_lifts(run: Run, captioner: Captioner, tensors: dict[int, torch.Tensor], settings: GenerationSettings,
@@ -317,7 +343,8 @@ def table(data: dict[str, Any]) -> str:
             continue
         note = ", ".join(f"{k} {v}" for k, v in r.items()
                          if k in ("ratio_to_model_only", "speedup", "captions_differing", "compile_s", "processes",
-                                  "latency_b1_ms_p50", "kept", "lifts"))
+                                  "latency_b1_ms_p50", "kept", "lifts", "reference", "per_s", "ratio_to_reference",
+                                  "streams", "senders"))  # node ingest: instances/s in the note
         lines.append(f"| {name} | {r.get('captions_per_s', '')} | {r.get('batch', '')} | {r.get('latency_ms_p50', '')} "
                      f"| {note} |")
     for name, why in {**data.get("skipped", {}), **data.get("errors", {})}.items():

@@ -12,9 +12,11 @@ PY=${PYTHON:-python3}
 had_build=$([ -d build ] && echo yes || true)
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . 2>/dev/null || "$PY" -m pip wheel -q --no-deps -w .gpu/whl .
 [ -n "$had_build" ] || rm -rf build  # setuptools' scratch folder, made by the line above
-# What it lacks: pydicom, highdicom and the decoder plug-ins, pinned to the versions tested here.
+# What it lacks: pydicom, highdicom and the decoder plug-ins, pinned to the versions tested here; for
+# the node ingest step also pynetdicom and requests (the service imports its STOW-RS sink) with its own.
 ver() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-for pkg in pydicom highdicom pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle pyjpegls; do
+for pkg in pydicom highdicom pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle pyjpegls \
+           pynetdicom requests urllib3 idna certifi charset-normalizer; do
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_39_x86_64 --platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \

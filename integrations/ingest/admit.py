@@ -5,7 +5,8 @@ Each protocol turns what it received into two callables, one that parses the dat
 that gives the bytes to keep; :func:`admit` does everything after that the same way for both:
 
 1. the parse check: the data set parses (:func:`~medblip_dicom.reading.check_parsable`: every
-   element's VR known, every sequence at any depth); for a Part 10 file (STOW-RS) also a file meta
+   element's VR known, every sequence at any depth; a header the node read with :func:`.scan.scan`
+   passed it as it was read); for a Part 10 file (STOW-RS) also a file meta
    header with a TransferSyntaxUID, no top-level value shorter than its declared length, and the
    SOPClassUID, SOPInstanceUID and StudyInstanceUID;
 2. the header facts, read once from that parsed data set (:func:`~..spool.files.instance_info`);
@@ -37,6 +38,7 @@ from pydicom.dataset import Dataset
 from medblip_dicom.errors import MedblipError
 from medblip_dicom.reading import check_parsable
 
+from medblip_dicom.integrations.ingest.scan import ScannedHeader
 from medblip_dicom.integrations.spool import JobState, Spool, SpoolFullError
 from medblip_dicom.integrations.spool.files import InstanceInfo, instance_info
 
@@ -149,7 +151,8 @@ def admit(spool: Spool, parse: Callable[[], Dataset], content: Callable[[], byte
     try:
         try:
             ds = parse()
-            check_parsable(ds)  # VRs and sequences, without converting every value
+            if not isinstance(ds, ScannedHeader):  # a scanned header passed the check as it was read
+                check_parsable(ds)  # VRs and sequences, without converting every value
             info = instance_info(ds, transfer_syntax_uid=transfer_syntax)
             if part10:
                 check_part10(ds)

@@ -13,8 +13,11 @@ understand* when the data set cannot be parsed (truncated, an unknown VR, a brok
 any depth: :func:`~medblip_dicom.reading.check_parsable`), or is deflated and would inflate beyond
 :data:`~medblip_dicom.dicomfile.MAX_INFLATED_BYTES`. Values are not all converted here (that was
 most of a C-STORE's cost); one that breaks its VR fails the instance's job later, with a reason.
-The instance is stored as the peer sent it, behind a file meta header written directly
-(:mod:`.part10`). Each association's instances are logged in one INFO line when it ends.
+A data set in explicit or implicit VR little endian is parsed and checked in one pass over its
+bytes (:mod:`.scan`), which keeps only the header values admission reads; anything that pass does
+not read is parsed by pynetdicom and checked as before. The instance is stored as the peer sent it,
+behind a file meta header written directly (:mod:`.part10`). Each association's instances are
+logged in one INFO line when it ends.
 
 Security: listens on 127.0.0.1 unless told otherwise; an optional calling-AE allow-list; optional
 TLS (server certificate; with ``client_ca`` a client certificate is required). TLS handshakes run
@@ -30,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 
@@ -38,13 +42,18 @@ from medblip_dicom.dicomfile import DEFLATED_SYNTAX, MAX_INFLATED_BYTES, inflate
 from medblip_dicom.integrations.net import pynetdicom_compat
 from medblip_dicom.integrations.config.file import NodeConfig, NodeTLSConfig
 from medblip_dicom.integrations.spool import Spool
+from medblip_dicom.integrations.spool.files import INFO_TAGS
 from medblip_dicom.integrations.ops.telemetry import Telemetry
 from medblip_dicom.integrations.ingest.admit import Outcome, Refused, admit
 from medblip_dicom.integrations.ingest.part10 import received_file
+from medblip_dicom.integrations.ingest.scan import ScannedHeader, scan
 
 logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
+#: What the handler reads of a header: what admission records, the character set its texts are in,
+#: and the PatientID the audit message names.
+HEADER_TAGS = tuple(tag_for_keyword(k) for k in (*INFO_TAGS, "SpecificCharacterSet", "PatientID"))
 
 #: How often an association's DUL reactor looks for work when idle (pynetdicom's default: 1 ms).
 #: Each C-STORE waits for this loop at least twice, so the default caps a loopback listener's rate;
@@ -241,17 +250,24 @@ class StorageNode:
             counts[outcome] += 1
 
 
-def _parse(event: Any) -> Dataset:
-    """The C-STORE's data set, parsed by pynetdicom; a deflated one is first measured, streaming:
-    pynetdicom inflates it whole when it is first touched, so a small bomb could exhaust memory."""
+def _parse(event: Any) -> Dataset | ScannedHeader:
+    """The C-STORE's header: checked in one pass over its bytes (:func:`~.scan.scan`), or, for
+    anything that pass leaves alone, parsed by pynetdicom. A deflated data set is first measured,
+    streaming: pynetdicom inflates it whole when it is first touched, so a small bomb could exhaust
+    memory."""
     raw = event.request.DataSet
-    if str(event.context.transfer_syntax) == DEFLATED_SYNTAX and hasattr(raw, "seek"):
+    syntax = str(event.context.transfer_syntax)
+    if syntax == DEFLATED_SYNTAX and hasattr(raw, "seek"):
         raw.seek(0)
         too_big = inflates_beyond(raw)
         raw.seek(0)
         if too_big:
             raise Refused(Outcome.CANNOT_UNDERSTAND, f"its deflated data set inflates to more than "
                           f"{MAX_INFLATED_BYTES // 2**20} MiB", comment="deflated data set too large")
+    if hasattr(raw, "getvalue"):
+        scanned = scan(raw.getvalue(), syntax, HEADER_TAGS)
+        if scanned is not None:
+            return scanned
     return event.dataset
 
 
