@@ -107,6 +107,38 @@ def evidence_view(source: Dataset) -> Dataset:
     return view
 
 
+#: What an SR's Referenced Request Sequence item holds (PS3.3 C.17.2): StudyInstanceUID (type 1),
+#: the rest type 2 (present, empty when the source does not say).
+_REQUEST_TYPE2 = ("AccessionNumber", "PlacerOrderNumberImagingServiceRequest",
+                  "FillerOrderNumberImagingServiceRequest", "RequestedProcedureID",
+                  "RequestedProcedureDescription")
+
+
+def requested_procedures(source: Dataset) -> list[Dataset] | None:
+    """The source's requests (its Request Attributes Sequence) as the SR's Referenced Request Sequence.
+
+    The orders a report answers travel with it, so a RIS receiving the result (HL7 ORC/OBR, a FHIR
+    ``basedOn``) can match it to the order: accession number, placer and filler order numbers,
+    requested procedure. None when the source names no request. Values that break their VR are
+    left empty, as for the other copied attributes.
+    """
+    items = []
+    for request in source.get("RequestAttributesSequence") or []:
+        item = Dataset()
+        item.StudyInstanceUID = str(request.get("StudyInstanceUID") or source.get("StudyInstanceUID"))
+        item.ReferencedStudySequence = []
+        for keyword in _REQUEST_TYPE2:
+            where = request if keyword in request else source if keyword == "AccessionNumber" else None
+            if where is not None and keyword in where and _is_valid(where[keyword]):
+                item[keyword] = decoded_copy(where[keyword])
+            else:
+                setattr(item, keyword, "")
+        codes = request.get("RequestedProcedureCodeSequence")
+        item.RequestedProcedureCodeSequence = [copy.deepcopy(c) for c in codes] if codes else []
+        items.append(item)
+    return items or None
+
+
 def _is_valid(elem: DataElement) -> bool:
     """False for a value that breaks its VR (e.g. a 64-character Study ID) or its value
     multiplicity (two names in PatientName, VM 1): such a value is not copied into the report,
@@ -253,6 +285,7 @@ def build_report(
             manufacturer_model_name=_lo(identity.name),
             software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(identity.version)],
             device_serial_number=_lo(identity.weights_sha256),
+            requested_procedures=requested_procedures(source),
         )
 
     try:

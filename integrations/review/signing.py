@@ -31,6 +31,7 @@ store alike.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 import os
@@ -198,6 +199,8 @@ def build_signed_report(ai_sr: Dataset, predecessor: Dataset, source: Dataset, r
             verifying_observer_name=person_name,
             verifying_organization=organization or "unknown",
             previous_versions=[predecessor],
+            # The orders the AI report answered are the signed report's too (HL7 ORC/OBR, FHIR basedOn).
+            requested_procedures=[copy.deepcopy(r) for r in ai_sr.get("ReferencedRequestSequence") or []] or None,
             series_description=SIGNED_SERIES_DESCRIPTION,
             manufacturer_model_name=_lo(ai.model_name),
             software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(ai.model_version)],

@@ -204,3 +204,28 @@ def test_warm_up_builds_a_throwaway_report_without_touching_anything(tmp_path, m
     monkeypatch.chdir(tmp_path)
     warm_up()  # raises if the stand-in source could not be reported on
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_orders_a_source_answers_travel_with_its_report(ct, captioner, tmp_path, validate_sr):
+    """A source's Request Attributes Sequence becomes the SR's Referenced Request Sequence, so the RIS
+    that gets the result (HL7 ORC/OBR, FHIR basedOn) can match it to its order."""
+    from pydicom.dataset import Dataset
+
+    from medblip_dicom.report_view import read_document
+
+    request = Dataset()
+    request.RequestedProcedureID, request.ScheduledProcedureStepID = "RP1", "SPS1"
+    request.PlacerOrderNumberImagingServiceRequest, request.FillerOrderNumberImagingServiceRequest = "PL-9", "FI-7"
+    ct.AccessionNumber, ct.RequestAttributesSequence = "A123456", [request]
+    path = write_report(build_report(ct, "Axial CT of the chest.", captioner.identity), tmp_path)
+    validate_sr(path)  # dciodvfy: 0 errors with the sequence's type 2 attributes present
+    sr = pydicom.dcmread(path)
+    (item,) = sr.ReferencedRequestSequence
+    assert item.StudyInstanceUID == ct.StudyInstanceUID and item.RequestedProcedureDescription == ""
+    order = read_document(sr).order
+    assert (order.accession_number, order.placer_order_number, order.filler_order_number,
+            order.requested_procedure_id) == ("A123456", "PL-9", "FI-7", "RP1")
+
+
+def test_a_source_without_requests_gives_a_report_without_them(written):
+    assert "ReferencedRequestSequence" not in written

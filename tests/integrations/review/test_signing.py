@@ -57,6 +57,25 @@ def test_a_signed_report_follows_the_sr_contract(review_spool):
     assert outcome(sr) == EDITED and signature.edited
 
 
+def test_a_signed_report_answers_the_same_orders_as_the_ai_report(review_spool):
+    rs = review_spool(1)
+    ai_uid = rs.ai_uids[0]
+    ai_path = rs.out / f"{ai_uid}.dcm"
+    ai = pydicom.dcmread(ai_path)
+    request = pydicom.Dataset()
+    request.StudyInstanceUID, request.AccessionNumber = ai.StudyInstanceUID, "A1"
+    request.PlacerOrderNumberImagingServiceRequest, request.FillerOrderNumberImagingServiceRequest = "PL-1", "FI-1"
+    request.RequestedProcedureID, request.RequestedProcedureDescription = "RP1", ""
+    request.ReferencedStudySequence, request.RequestedProcedureCodeSequence = [], []
+    ai.ReferencedRequestSequence = [request]
+    for kept in rs.root.glob(f"review/items/{ai_uid}/ai.dcm"):  # the copy under review signs from
+        ai.save_as(kept, enforce_file_format=True)
+    signature = rs.store.sign(ai_uid, ALICE, "A small CT of the chest.")
+    validate_sr(signature.path)
+    (item,) = pydicom.dcmread(signature.path).ReferencedRequestSequence
+    assert (item.PlacerOrderNumberImagingServiceRequest, item.FillerOrderNumberImagingServiceRequest) == ("PL-1", "FI-1")
+
+
 def test_signing_the_ai_text_unchanged_says_so(review_spool):
     rs = review_spool(1)
     caption = rs.store.item(rs.ai_uids[0])["caption"]
