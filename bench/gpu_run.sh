@@ -4,6 +4,8 @@
 # Installs the carried wheels into /tmp/site, runs bench/gpu_bench.py within a budget that leaves
 # time to copy the results, and leaves $OUT/gpu.json, $OUT/gpu.md and $OUT/log.txt.
 # On a CPU (to test it): OUT=/tmp/gpu-out bash bench/gpu_run.sh --smoke
+# GPU_SUITE=vlm runs bench/gpu_vlm.py instead (BLIP-base, a SmolVLM-size and a ~4B-size model side by side;
+# $OUT/gpu_vlm.json and gpu_vlm.md): a device call of its own, command "GPU_SUITE=vlm bash bench/gpu_run.sh".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -17,5 +19,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || true
 DATA=()
 [ -d .gpu/data ] && DATA=(--data .gpu/data)
-python3 bench/gpu_bench.py --out "$OUT" --budget-s "${GPU_BUDGET_S:-420}" "${DATA[@]}" "$@" 2>&1 | tee "$OUT/log.txt"
+SUITE=bench/gpu_bench.py
+[ "${GPU_SUITE:-}" = vlm ] && SUITE=bench/gpu_vlm.py
+python3 "$SUITE" --out "$OUT" --budget-s "${GPU_BUDGET_S:-420}" "${DATA[@]}" "$@" 2>&1 | tee "$OUT/log.txt"
 exit "${PIPESTATUS[0]}"

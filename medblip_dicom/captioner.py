@@ -156,13 +156,15 @@ class CaptionGenerator:
 
     @cached_property
     def _end_token_ids(self) -> list[int]:
-        """The tokens that end a caption: the generation config's end tokens (BLIP: [SEP])."""
+        """The tokens that end a caption: the generation config's end tokens, and the text model's
+        separator, which is where BLIP's ``generate()`` stops whatever its end token says."""
+        text_config = self.model.config.get_text_config()
         found = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         if found is None:
-            found = getattr(self.model.config.get_text_config(), "sep_token_id", None)
-        if found is None:
-            found = getattr(self.model.config.get_text_config(), "eos_token_id", None)
-        return [int(i) for i in (found if isinstance(found, (list, tuple)) else [found]) if i is not None]
+            found = getattr(text_config, "eos_token_id", None)
+        ends = list(found) if isinstance(found, (list, tuple)) else [found]
+        ends.append(getattr(text_config, "sep_token_id", None))
+        return sorted({int(i) for i in ends if i is not None})
 
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
         """The model's inputs for pictures, exactly as the processor stored with the model makes them:

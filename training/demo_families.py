@@ -106,9 +106,9 @@ def build_word_tokenizer(captions: list[str], specials: list[str], *, bos: str, 
     return tokenizer
 
 
-def build_family_model(out_dir: str | os.PathLike[str], family: str, *, size: str = "tiny", seed: int = 0,
-                       captions: list[str] | None = None, device: str = "cpu", dtype: Any = None) -> Path:
-    """Build a randomly initialised `family` model + processor and save it to `out_dir` (module docstring).
+def make_family_model(family: str, *, size: str = "tiny", seed: int = 0, captions: list[str] | None = None,
+                      device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+    """A randomly initialised `family` model and its processor, in memory (module docstring).
 
     `device` and `dtype` build the benchmark's large models where they will run (a GPU, bfloat16).
     """
@@ -118,15 +118,23 @@ def build_family_model(out_dir: str | os.PathLike[str], family: str, *, size: st
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dims = SIZES[size]
-    texts = captions if captions is not None else roco_captions()
     torch.manual_seed(seed)
     with torch.device(device):
-        model, processor = _BUILDERS[family](dims, texts)
+        model, processor = _BUILDERS[family](SIZES[size], captions if captions is not None else roco_captions())
     if dtype is not None:
         model.to(dtype)
+    return model, processor
+
+
+def build_family_model(out_dir: str | os.PathLike[str], family: str, *, size: str = "tiny", seed: int = 0,
+                       captions: list[str] | None = None) -> Path:
+    """Build a randomly initialised `family` model + processor and save it to `out_dir` (module docstring).
+
+    Returns the model directory, loadable by :meth:`medblip_dicom.captioner.Captioner.load`.
+    """
+    model, processor = make_family_model(family, size=size, seed=seed, captions=captions)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     logger.info("built %s %s model (%d parameters) in %s", size, family, sum(p.numel() for p in model.parameters()), out)

@@ -106,6 +106,24 @@ class TestGeneration:
         assert batch == again == singles
         assert all(isinstance(c, str) and c for c in batch)
 
+    def test_a_caption_may_end_where_blip_ends_it_whatever_the_config_calls_its_end(self, tiny_model_dir, tmp_path):
+        import json
+
+        # Salesforce's BLIP checkpoints name an ordinary token (2, "[unused1]") as the text model's
+        # end, but generate() stops at [SEP]: [SEP] must stay possible.
+        copy = tmp_path / "eos-ordinary"
+        shutil.copytree(tiny_model_dir, copy)
+        config = json.loads((copy / "config.json").read_text())
+        config["text_config"]["eos_token_id"] = 10  # an ordinary word of the tiny vocabulary
+        (copy / "config.json").write_text(json.dumps(config))
+        (copy / "generation_config.json").unlink(missing_ok=True)
+        loaded = Captioner.load(copy, device="cpu", dtype="float32")
+        sep = loaded.processor.tokenizer.sep_token_id
+        assert sep not in loaded._suppressed_token_ids
+        tok = loaded.processor.tokenizer
+        assert set(loaded._suppressed_token_ids) >= {tok.pad_token_id, tok.cls_token_id, tok.mask_token_id,
+                                                     tok.unk_token_id, tok.bos_token_id}
+
     def test_caption_never_contains_special_tokens(self, captioner):
         for text in captioner.caption(pictures(2, seed=3)):
             assert not any(tok in text.upper() for tok in ("[PAD]", "[UNK]", "[CLS]", "[MASK]", "[DEC]"))

@@ -183,3 +183,16 @@ def test_a_cpu_pool_prepares_prompted_inputs_as_the_calling_process_does(family_
         pooled = [(o.sr_sop_instance_uid, o.caption) for o in
                   caption_dicoms(files, model=captioner, output_dir=tmp_path / "pool", batch_size=2, pool=pool)]
     assert pooled == inline and all(caption for _, caption in inline)
+
+
+def test_doctor_lists_the_families_this_install_can_serve():
+    from medblip_dicom.apps.doctor import check_families
+
+    findings = {f.what.split(":")[0]: f for f in check_families()}
+    for label in ("BLIP (the default)", "GIT", "PaliGemma", "Idefics3 / SmolVLM (Idefics3 layout)", "Gemma 3 / MedGemma"):
+        assert findings[label].status == "ok", findings[label]
+    qwen = findings["Qwen2-VL"]
+    if importlib.util.find_spec("torchvision") is None:
+        assert qwen.status == "warn" and "torchvision" in qwen.what and "torchvision" in qwen.hint
+    else:
+        assert qwen.status == "ok"
