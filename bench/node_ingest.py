@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a name for this code version in the title (a commit, 'before')")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    n, sizes, stream_counts, send = args.n, args.size or ["small", "full"], args.streams or [1, 4], SENDERS[args.senders]
+    n, sizes, stream_counts = args.n, args.size or ["small", "full"], args.streams or [1, 4]
+    send = SENDERS[args.senders]
     table = ["| slices | streams | (a) storescp /s | (p) fair peer /s | (b0) node alone /s | **b0/p** | b0/a "
              "| (b) node + worker /s | b/a | (b2) as b, 2 listeners /s | **b2/a** | instances per commit "
              "| C-STORE -> SR p50 / p95 s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -312,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                     c, _ = run_listener(inputs, case / "bare", kind="bare", send=send)
                     ceiling = (f"(c) a pynetdicom listener that answers at once, storing nothing, one stream of the "
                                f"small slices: {c:.0f}/s, c/a {c / a:.2f}, c/p {c / p:.2f}.")
-    record("Node ingest" + (f" ({args.label})" if args.label else ""), f"{n} instances per case by {args.senders} over loopback (TCP_NODELAY), 1 or more "
+    title = "Node ingest" + (f" ({args.label})" if args.label else "")
+    record(title, f"{n} instances per case by {args.senders} over loopback (TCP_NODELAY), 1 or more "
            "concurrent streams (storescp --fork for several); (p) a pynetdicom SCP on our listener that writes and "
            "fsyncs each file; (b0) our node alone, durable before each answer; (b) with its worker captioning (tiny "
            "model, CPU) and an output folder; (b2) with `[node] listeners = 2`. Goals: b0/p >= 0.8 (one stream, small "

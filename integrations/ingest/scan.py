@@ -19,7 +19,7 @@ parses and :func:`check_parsable` passes, and one it does not accept is judged e
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
@@ -41,9 +41,13 @@ _SHORT = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2) - _LONG
 _TAG_LENGTH = struct.Struct("<HHI")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _LENGTH = struct.Struct("<I")
-#: Transfer syntaxes whose data set :func:`scan` reads (as encapsulated pixel data is only a
-#: run of items, the compressed syntaxes' explicit VR little endian data sets too).
+#: The implicit VR syntax :func:`scan` reads; the explicit VR little endian ones it reads are
+#: plain or compressed (encapsulated Pixel Data is a run of items): :func:`_little_endian_explicit`.
 _SCANNED_IMPLICIT = frozenset({ImplicitVRLittleEndian})
+
+
+#: A walk over the elements of a data set (:func:`_explicit` or :func:`_implicit`).
+_Walk = Callable[..., int]
 
 
 class _Unusual(Exception):
@@ -195,7 +199,7 @@ def _dictionary_vr(tag: int) -> str | None:
         return None
 
 
-def _items(view: memoryview, pos: int, end: int, wanted: frozenset[int], walk: object, *, until_delimiter: bool) -> int:
+def _items(view: memoryview, pos: int, end: int, wanted: frozenset[int], walk: _Walk, *, until_delimiter: bool) -> int:
     """Walk a sequence's items from `pos`: to `end` (a defined length) or to its delimiter; returns
     the position after the sequence."""
     while pos + 8 <= end:
@@ -209,12 +213,12 @@ def _items(view: memoryview, pos: int, end: int, wanted: frozenset[int], walk: o
         if tag != _ITEM:
             raise _Unusual
         if length == _UNDEFINED:
-            stop = walk(view, pos, end, wanted, {}, nested=True)  # type: ignore[operator]
+            stop = walk(view, pos, end, wanted, {}, nested=True)
             if stop + 8 > end or _TAG_LENGTH.unpack_from(view, stop) != (0xFFFE, 0xE00D, 0):
                 raise _Unusual
             pos = stop + 8
         else:
-            if pos + length > end or walk(view, pos, pos + length, wanted, {}, nested=True) != pos + length:  # type: ignore[operator]
+            if pos + length > end or walk(view, pos, pos + length, wanted, {}, nested=True) != pos + length:
                 raise _Unusual
             pos += length
     if until_delimiter or pos != end:
