@@ -47,7 +47,7 @@ from medblip_dicom.dicomtext import declare_character_set, dicom_text
 from medblip_dicom.errors import MissingDependencyError, ReportError
 from medblip_dicom.pdf_fonts import register_fonts
 from medblip_dicom.report import MANUFACTURER
-from medblip_dicom.report_view import CaptionReport
+from medblip_dicom.report_view import CaptionReport, patient_and_study
 from medblip_dicom.uids import stable_uid
 
 logger = logging.getLogger(__name__)
@@ -144,13 +144,10 @@ def build_pdf_report(sr: Dataset, image: Image.Image | None, *,
     pdf = render_pdf(sr, image, font_dirs=font_dirs)
     series_uid, sop_uid = pdf_uids(sr)
 
-    def attr(keyword: str) -> object:
-        value = sr.get(keyword)
-        return value if value not in (None, "") else None
 
     try:
         doc = hd.SOPClass(
-            study_instance_uid=str(sr.StudyInstanceUID),
+            **patient_and_study(sr),
             series_instance_uid=series_uid,
             series_number=AI_PDF_SERIES_NUMBER if status.kind == "ai" else SIGNED_PDF_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
@@ -159,21 +156,12 @@ def build_pdf_report(sr: Dataset, image: Image.Image | None, *,
             modality="DOC",
             manufacturer=MANUFACTURER,
             transfer_syntax_uid="1.2.840.10008.1.2.1",
-            patient_id=attr("PatientID"),
-            patient_name=attr("PatientName"),
-            patient_birth_date=attr("PatientBirthDate"),
-            patient_sex=attr("PatientSex"),
-            accession_number=attr("AccessionNumber"),
-            study_id=attr("StudyID"),
-            study_date=attr("StudyDate"),
-            study_time=attr("StudyTime"),
-            referring_physician_name=attr("ReferringPhysicianName"),
             series_description=AI_PDF_SERIES_DESCRIPTION if status.kind == "ai" else SIGNED_PDF_SERIES_DESCRIPTION,
             manufacturer_model_name=_lo(report.model_name),
             software_versions=[_lo(f"medblip-dicom {__version__}"), _lo(report.model_version)],
             device_serial_number=_lo(report.weights_sha256),
-            content_date=attr("ContentDate"),
-            content_time=attr("ContentTime"),
+            content_date=sr.get("ContentDate") or None,
+            content_time=sr.get("ContentTime") or None,
         )
     except (TypeError, ValueError) as exc:
         raise ReportError(report.sop_instance_uid,

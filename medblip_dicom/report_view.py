@@ -210,6 +210,24 @@ class ReportDocument:
     order: Order = field(default_factory=Order, repr=False)
 
 
+#: Keyword arguments of highdicom's SOP class constructors -> the attribute of our SR that fills them.
+_PATIENT_AND_STUDY = {"patient_id": "PatientID", "patient_name": "PatientName",
+                      "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex",
+                      "accession_number": "AccessionNumber", "study_id": "StudyID", "study_date": "StudyDate",
+                      "study_time": "StudyTime", "referring_physician_name": "ReferringPhysicianName"}
+
+
+def patient_and_study(sr: Dataset) -> dict[str, object]:
+    """highdicom keyword arguments that put a derived object (a Secondary Capture, a PDF report) in
+    the patient and study of one of our SRs: the study UID, and each patient and study attribute the
+    SR holds (None where it is empty, which highdicom writes as an empty type 2 value)."""
+    arguments: dict[str, object] = {"study_instance_uid": str(sr.StudyInstanceUID)}
+    for argument, keyword in _PATIENT_AND_STUDY.items():
+        value = sr.get(keyword)
+        arguments[argument] = value if value not in (None, "") else None
+    return arguments
+
+
 def read_document(ds: Dataset, *, label: str | None = None) -> ReportDocument:
     """What `ds` (one of our SRs, or the review's rejection note) is; raises
     :class:`~medblip_dicom.errors.ReportError` for anything else."""

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from medblip_dicom.dicomtext import declare_character_set, dicom_text
 from medblip_dicom.identity import ModelIdentity
 from medblip_dicom.preview import NOTICE, render_captioned_image
+from medblip_dicom.report_view import patient_and_study
 from medblip_dicom.uids import stable_uid
 
 #: Series Number of the Secondary Capture series (the SR series is 990).
@@ -55,9 +56,6 @@ def build_secondary_capture(source: Dataset, image: Image.Image, caption: str, s
     captioned = render_captioned_image(image, caption)
     series_uid, sop_uid = secondary_capture_uids(source, identity)
 
-    def attr(keyword: str) -> object:
-        value = sr.get(keyword)
-        return value if value not in (None, "") else None
 
     with warnings.catch_warnings():  # highdicom warns about single-component person names
         warnings.simplefilter("ignore", UserWarning)
@@ -67,21 +65,12 @@ def build_secondary_capture(source: Dataset, image: Image.Image, caption: str, s
             bits_allocated=8,
             coordinate_system="PATIENT",
             patient_orientation=("L", "F"),  # replaced below: the source's orientation, or empty
-            study_instance_uid=str(sr.StudyInstanceUID),
+            **patient_and_study(sr),
             series_instance_uid=series_uid,
             series_number=SC_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
             instance_number=int(sr.get("InstanceNumber") or 1),
             manufacturer="medblip-dicom",
-            patient_id=attr("PatientID"),
-            patient_name=attr("PatientName"),
-            patient_birth_date=attr("PatientBirthDate"),
-            patient_sex=attr("PatientSex"),
-            accession_number=attr("AccessionNumber"),
-            study_id=attr("StudyID"),
-            study_date=attr("StudyDate"),
-            study_time=attr("StudyTime"),
-            referring_physician_name=attr("ReferringPhysicianName"),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
             series_description=_lo(SC_SERIES_DESCRIPTION),
             manufacturer_model_name=_lo(identity.name),
