@@ -23,31 +23,12 @@ import pytest
 
 from tests.support.review import PASSWORD
 from tests.support.dicom import validate_sr
-from tests.support.env import free_port, in_ci, wait_for
+from tests.support.browser import browser as support_browser
+from tests.support.env import free_port, wait_for
 from tests.support.privacy import PATIENT_ID, PATIENT_NAME
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
 def browser(profile: Path):
-    """Headless chromium; skip with the reason when it is missing (fail under CI=true)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing.append("selenium (pip install -e '.[dev]')")
-    if missing:
-        message = f"the browser test needs {', '.join(missing)} (Debian packages chromium, chromium-driver)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,900"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return support_browser(profile, what="the browser test")
 
 
 @pytest.mark.slow

@@ -33,40 +33,21 @@ from medblip_dicom.integrations.spool import JobState
 from medblip_dicom.pdf_report import AI_PDF_SERIES_NUMBER, ENCAPSULATED_PDF
 from medblip_dicom.report import SERIES_NUMBER as SR_SERIES_NUMBER
 from tests.support.dicom import load_template, reissue
-from tests.support.env import dcmtk_env, free_port, in_ci, wait_for
+from tests.support.browser import browser as support_browser
+from tests.support.env import dcmtk_env, free_port, wait_for
 from tests.support.services import make_config
 from tests.support.viewer import ViewerServer, ohif_version, require_ohif
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SC_SERIES_NUMBER = 991
 #: The PDF's status banner for an AI report (pdf_report: #b45309) and the Secondary Capture's amber notice.
 BANNER, NOTICE = (180, 83, 9), (255, 200, 0)
 
 
 def browser(profile: Path):
-    """Headless Chromium through selenium; skip with the reason when it is missing (fail under CI=true)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing.append("selenium (pip install -e '.[dev]')")
-    if missing:
-        message = f"the viewer test needs {', '.join(missing)} (Debian packages chromium, chromium-driver)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                "--window-size=1400,900",
-                # OHIF draws images with WebGL; without a GPU that is SwiftShader, which Chromium now wants
-                # asked for by name (the page is our own, served from 127.0.0.1).
-                "--enable-unsafe-swiftshader"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    # OHIF draws images with WebGL; without a GPU that is SwiftShader, which Chromium now wants asked
+    # for by name (the page is our own, served from 127.0.0.1).
+    return support_browser(profile, what="the viewer test", extra_flags=("--enable-unsafe-swiftshader",),
+                           capture_console=True)
 
 
 def colour_pixels(png: bytes, rect: dict[str, float], colour: tuple[int, int, int], tolerance: int = 24) -> int:
