@@ -36,14 +36,16 @@ _PREPROCESSING_KEYS = ("size", "crop_size", "image_mean", "image_std", "resample
 
 
 def _plain(value: Any) -> Any:
-    """A processor attribute as JSON (dict-like sizes, tuples and enums made plain)."""
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in dict(value).items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+    """A processor attribute as JSON (sizes, which may be transformers' ``SizeDict``, tuples and enums made plain)."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
-    return int(value) if hasattr(value, "__int__") else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    try:
+        pairs = dict(value)  # a dict, or a SizeDict (which iterates as pairs)
+    except (TypeError, ValueError):
+        return int(value) if hasattr(value, "__int__") else str(value)
+    return {str(k): _plain(v) for k, v in pairs.items() if v is not None}
 
 
 def preprocessing(processor: Any) -> dict[str, Any]:

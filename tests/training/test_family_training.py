@@ -5,8 +5,8 @@
 - GIT, PaliGemma, Idefics3 (SmolVLM) and Gemma 3 each train a few steps fully and with LoRA; a run
   killed after a mid-epoch checkpoint resumes to bit-identical weights; the best model exports
   (merged, or base + adapter) as a directory that loads again with the digest its provenance records;
-- merged and adapter exports of one training carry the same digest, and an adapter whose base
-  model changed is refused;
+- merged and adapter exports of one training carry the same digest; an adapter with a weight
+  missing or planted, or whose base model changed, is refused;
 - a decoder-only tiny model learns the synthetic set (BLEU far above the untrained model's).
 """
 
@@ -131,6 +131,17 @@ def test_merged_and_adapter_exports_carry_one_digest_and_a_changed_base_is_refus
     assert adapter["lora"]["rank"] == 4 and adapter["training"] == "lora"
     captions = [_loads_as_exported(runs[m], "idefics3").caption([_picture()]) for m in ("merged", "adapter")]
     assert captions[0] == captions[1]
+
+    for change, words in ((lambda t: t.pop(sorted(t)[0]), "1 weight missing"),
+                          (lambda t: t.update({"base_model.model.planted.lora_A.weight": torch.zeros(4, 4)}),
+                           "1 weight in the weight files but not used")):
+        damaged = tmp_path / f"damaged-{len(words)}"
+        shutil.copytree(runs["adapter"] / "best", damaged)
+        adapter_weights = load_file(damaged / "adapter_model.safetensors")
+        change(adapter_weights)
+        save_file(adapter_weights, damaged / "adapter_model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ModelLoadError, match=words):
+            Captioner.load(damaged, device="cpu", dtype="float32")
 
     tensors = load_file(base / "model.safetensors")  # the base model is retrained or replaced later
     name = sorted(k for k in tensors if k.endswith("norm.weight"))[0]
