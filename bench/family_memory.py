@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, family, size in CONTENDERS:
         params = count(family, size)
-        row: dict[str, Any] = {"model": label, "params_m": round(params / 1e6, 1), "weights_mb": round(params * width / 2**20)}
+        row: dict[str, Any] = {"model": label, "params_m": round(params / 1e6, 1),
+                               "weights_mb": round(params * width / 2**20)}
         if params < args.max_params:
             with tempfile.TemporaryDirectory() as tmp:
                 built = _child("--build", family, size, tmp)

@@ -78,7 +78,8 @@ class TrainConfig:
         if self.export not in EXPORTS:
             raise ValueError(f"export must be one of {', '.join(EXPORTS)}, got {self.export!r}")
         if self.export == "adapter" and not self.lora_rank:
-            raise ValueError("export = adapter needs LoRA training (lora_rank > 0); full fine-tuning exports merged weights")
+            raise ValueError("export = adapter needs LoRA training (lora_rank > 0); "
+                             "full fine-tuning exports merged weights")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

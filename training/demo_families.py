@@ -102,7 +102,8 @@ def build_word_tokenizer(captions: list[str], specials: list[str], *, bos: str, 
     model.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, bos_token=bos, eos_token=eos, pad_token=pad,
                                         unk_token="<unk>", extra_special_tokens=named or {})
-    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in (bos, eos, pad, "<unk>")]})
+    extra = [t for t in specials if t not in (bos, eos, pad, "<unk>")]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
     return tokenizer
 
 

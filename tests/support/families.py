@@ -20,8 +20,16 @@ PROMPTED = ("paligemma", "idefics3", "gemma3")
 
 @pytest.fixture(scope="session")
 def family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``family_model(name, size="tiny")``: the model directory of that family, built on first use."""
+    """``family_model(name, size="tiny")``: the model directory of that family, built on first use.
+
+    Models are built inside tests, some of which capture stderr: transformers' log handler is made
+    here first, on the session's stderr, not on a test's captured stream that closes with the test.
+    """
+    from transformers.utils import logging as hf_logging
+
     from medblip_dicom.training.demo_families import build_family_model
+
+    hf_logging.get_logger("transformers")
 
     built: dict[tuple[str, str], Path] = {}
 
