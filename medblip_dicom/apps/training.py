@@ -19,7 +19,7 @@ examples:
   medblip train --data ~/roco --base-model Salesforce/blip-image-captioning-base --out runs/roco1 \\
       --epochs 5 --batch-size 16 --lr 5e-5
   medblip train --data ~/roco --base-model runs/roco1/best --out runs/roco1 --resume
-  medblip train --data ~/roco --base-model ./medgemma-4b-it --out runs/medgemma --lora-rank 16 --export adapter \
+  medblip train --data ~/roco --base-model ./medgemma-4b-it --out runs/medgemma --lora-rank 16 --export adapter \\
       --prompt "Describe this radiology image in one sentence." --batch-size 4 --lr 2e-4
   torchrun --nproc_per_node 4 -m medblip_dicom train --data ~/roco --base-model M --out runs/ddp
 
