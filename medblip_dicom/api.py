@@ -62,6 +62,7 @@ def caption_dicom(
     device: str = "auto",
     dtype: str = "auto",
     generation: GenerationSettings | None = None,
+    prompt: str | None = None,
 ) -> CaptionResult:
     """Caption one DICOM image and build (and optionally write) its Structured Report.
 
@@ -80,6 +81,10 @@ def caption_dicom(
         ``auto`` or explicit (``cpu``, ``cuda``, ``mps``; ``float32``, ``bfloat16``, ``float16``).
     generation
         Beam count, token limits and repetition guard; default :class:`GenerationSettings`.
+    prompt
+        The instruction for a vision-language model loaded from a path (default: the model's
+        provenance, else the project's default prompt); refused for BLIP and GIT. Ignored when
+        `model` is already a Captioner, which carries its own.
 
     Raises
     ------
@@ -88,7 +93,7 @@ def caption_dicom(
     """
     outcome = next(iter(caption_dicoms([source], model=model, output_dir=output_dir, frame=frame,
                                        device=device, dtype=dtype, generation=generation, batch_size=1,
-                                       workers=0)))
+                                       workers=0, prompt=prompt)))
     if isinstance(outcome, CaptionFailure):
         raise outcome.error
     return outcome
@@ -107,6 +112,7 @@ def caption_dicoms(
     workers: int | None = None,
     pool: CpuPool | None = None,
     select: SelectConfig | None = None,
+    prompt: str | None = None,
 ) -> Iterator[CaptionResult | CaptionFailure | CaptionSkipped]:
     """Caption many sources with batched model calls; yield one outcome per source, in order.
 
@@ -122,15 +128,17 @@ def caption_dicoms(
     ahead of the model, at most two batches ahead. With a :class:`~medblip_dicom.cpupool.CpuPool`
     (made for this captioner), its processes prepare the sources and build and write the SRs
     instead (`workers` is then ignored): for a model faster than one CPU core, e.g. on a GPU.
+    `prompt` is the instruction for a vision-language model loaded from a path (as in
+    :func:`caption_dicom`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if select is not None:
         yield from _caption_selected(list(sources), select, model=model, output_dir=output_dir, frame=frame,
                                      batch_size=batch_size, device=device, dtype=dtype, generation=generation,
-                                     workers=workers, pool=pool)
+                                     workers=workers, pool=pool, prompt=prompt)
         return
-    captioner = load_captioner(model, device=device, dtype=dtype)
+    captioner = load_captioner(model, device=device, dtype=dtype, prompt=prompt)
 
     out = os.fspath(output_dir) if output_dir is not None else None
     if pool is not None:

@@ -33,7 +33,7 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: The optional parts of the install: which extra brings which packages (import name, package name).
 EXTRAS = {
     "train": (("accelerate", "accelerate"), ("nltk", "nltk"), ("matplotlib", "matplotlib"), ("pandas", "pandas"),
-              ("rouge_score", "rouge-score"), ("pycocoevalcap", "pycocoevalcap")),
+              ("rouge_score", "rouge-score"), ("pycocoevalcap", "pycocoevalcap"), ("peft", "peft")),
     "quickstart": (("accelerate", "accelerate"), ("nltk", "nltk"), ("matplotlib", "matplotlib"),
                    ("data_store", "pydicom-data")),
     "deid": (("deid", "deid"),),

@@ -196,3 +196,11 @@ def test_doctor_lists_the_families_this_install_can_serve():
         assert qwen.status == "warn" and "torchvision" in qwen.what and "torchvision" in qwen.hint
     else:
         assert qwen.status == "ok"
+
+
+def test_caption_dicom_takes_a_prompt_for_a_model_it_loads(family_model, td):
+    from medblip_dicom.api import caption_dicom
+
+    result = caption_dicom(td("CT_small.dcm"), model=family_model("gemma3"), device="cpu", dtype="float32",
+                           prompt="Name the modality.")
+    assert CaptionReport.from_dataset(result.sr).prompt == "Name the modality."
