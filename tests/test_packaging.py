@@ -36,7 +36,8 @@ def test_the_wheel_holds_the_caption_data_and_one_top_level_package(wheel_build)
     for needed in ("medblip_dicom/py.typed", "medblip_dicom/training/roco_captions/captions.txt",
                    "medblip_dicom/training/roco_captions/licences.txt", "medblip_dicom/apps/main.py",
                    "medblip_dicom/integrations/spool/journal.py", "medblip_dicom/integrations/review/templates/report.html",
-                   "medblip_dicom/integrations/review/templates/review.js"):
+                   "medblip_dicom/integrations/review/templates/review.js",
+                   "medblip_dicom/deid/recipes/basic.dicom", "medblip_dicom/deid/recipes/clean-descriptors.dicom"):
         assert needed in names, needed
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert tops == {"medblip_dicom"}, tops

@@ -17,7 +17,7 @@ def test_every_private_hook_exists_in_the_installed_pynetdicom():
 
 def test_the_installed_release_is_the_tested_series_and_the_pin_allows_no_other():
     assert pynetdicom.__version__.startswith(pynetdicom_compat.TESTED_SERIES + ".")
-    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())["project"]
     (pin,) = [d for d in project["dependencies"] if d.startswith("pynetdicom")]
     major, minor = pynetdicom_compat.TESTED_SERIES.split(".")
     assert pin == f"pynetdicom>={major}.{minor},<{major}.{int(minor) + 1}"

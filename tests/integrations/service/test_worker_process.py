@@ -138,9 +138,9 @@ def test_a_loaded_captioner_or_the_setting_keeps_the_worker_in_process(tmp_path,
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"nice": 20}, "nice must be 0 to 19"),
+    ({"nice": 20}, r"\[worker\] nice: must be 0 to 19, got 20"),
     ({"nice": -1}, "nice"),
-    ({"separate_process": "yes"}, "separate_process must be true or false"),
+    ({"separate_process": "yes"}, r"\[worker\] separate_process: must be true or false"),
 ])
 def test_worker_process_settings_are_checked(values, message):
     with pytest.raises(ConfigError, match=message):
