@@ -6,6 +6,7 @@ Files, under ``SPOOL/review/``::
                                    (removed after the first decision with keep_sources = false)
     items/<AI SR UID>/ai.dcm       the AI report as it was delivered (or held), kept for good
     signed/<SR UID>.dcm            every signed report (the first and each amendment)
+    signed/<PDF UID>.dcm           with ``[output] pdf``, the Encapsulated PDF of each (:mod:`.pdf`)
     notes/<KOS UID>.dcm            IOCM rejection notes
 
 **Signing** is one transaction of the spool's journal: the signed report's file is written
@@ -51,6 +52,7 @@ from medblip_dicom.fileio import atomic_write_bytes, fsync_dir, remove_stale_tem
 from medblip_dicom.report_view import COMPREHENSIVE_SR, CaptionReport
 
 from medblip_dicom.integrations.review.db import ReviewDatabase
+from medblip_dicom.integrations.review.pdf import check_pdf_support, write_signed_pdf
 from medblip_dicom.integrations.spool.rows import SpoolError
 from medblip_dicom.integrations.review.signing import (
     Reviewer, build_rejection_note, build_signed_report, caption_text, document_name, encode, rejection_reason,
@@ -102,12 +104,15 @@ class ReviewStore:
     """The review tables and files of one spool (thread-safe; several processes may share it)."""
 
     def __init__(self, spool_dir: str | os.PathLike[str], *, organization: str = "", keep_sources: bool = True,
-                 send_rejection_note: bool = False) -> None:
+                 send_rejection_note: bool = False, pdf: bool = False) -> None:
+        if pdf:
+            check_pdf_support()
         self.db = ReviewDatabase(Path(spool_dir))
         self.root = self.db.root
         self.organization = organization
         self.keep_sources = keep_sources
         self.send_rejection_note = send_rejection_note
+        self.pdf = pdf
         for sub in ("items", "signed", "notes"):
             (self.root / "review" / sub).mkdir(parents=True, exist_ok=True)
 
@@ -230,6 +235,8 @@ class ReviewStore:
             rel = f"review/signed/{document_name(sr)}"
             data = encode(sr)
             atomic_write_bytes(self.root / rel, data)
+            source = self.item_files(dict(item))[0]
+            files = [rel] + (write_signed_pdf(self.root, sr, ai_sr, source) if self.pdf else [])
             _before_commit()
             edited = text != caption_text(item["caption"])
             now = time.time()
@@ -239,7 +246,7 @@ class ReviewStore:
                            (str(sr.SOPInstanceUID), ai_uid, head, reviewer.username, text, int(edited), now, rel))
             except sqlite3.IntegrityError:
                 raise ReviewConflict("another reviewer signed this report at the same moment; reload it") from None
-            job_id = self._enqueue(db, sr, rel, data, now)
+            job_id = self._enqueue(db, sr, files, data, now)
             db.execute("UPDATE review_signed SET job_id=? WHERE uid=?", (job_id, str(sr.SOPInstanceUID)))
             db.execute("UPDATE review_items SET state=?, current_uid=?, decided_by=?, decided_at=? WHERE ai_uid=?",
                        (SIGNED, str(sr.SOPInstanceUID), reviewer.username, now, ai_uid))
@@ -265,7 +272,7 @@ class ReviewStore:
                 rel = f"review/notes/{document_name(ko)}"
                 data = encode(ko)
                 atomic_write_bytes(self.root / rel, data)
-                self._enqueue(db, ko, rel, data, now)
+                self._enqueue(db, ko, [rel], data, now)
                 note_uid = str(ko.SOPInstanceUID)
             db.execute("UPDATE review_items SET state=?, reason=?, decided_by=?, decided_at=?, current_uid=? "
                        "WHERE ai_uid=?", (REJECTED, reason, reviewer.username, now, note_uid, ai_uid))
@@ -308,9 +315,10 @@ class ReviewStore:
             raise ReviewNotFound(f"no report under review has the UID {ai_uid}")
         return item
 
-    def _enqueue(self, db: sqlite3.Connection, ds: Dataset, rel: str, data: bytes, now: float) -> int:
-        """A delivery job for a document the review wrote: ``reported`` at once, so the services'
-        delivery loop sends it through the same sinks as every report."""
+    def _enqueue(self, db: sqlite3.Connection, ds: Dataset, files: list[str], data: bytes, now: float) -> int:
+        """A delivery job for the documents the review wrote (`ds` first, its bytes `data`): ``reported``
+        at once, so the services' delivery loop sends them through the same sinks as every report."""
+        rel = files[0]
         name = Path(rel).name
         link = f"inputs/review-{name}"
         _link_or_copy(self.root / rel, self.root / link)
@@ -320,7 +328,7 @@ class ReviewStore:
             "sr_sop_instance_uid, selected) VALUES ('review', ?, ?, 'reported', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (name, link, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.StudyInstanceUID),
              str(ds.SeriesInstanceUID), hashlib.sha256(data).hexdigest(), len(data), now, now, now,
-             json.dumps([rel]), str(ds.SOPInstanceUID)))
+             json.dumps(files), str(ds.SOPInstanceUID)))
         return int(cur.lastrowid)
 
     def _after_decision(self, item: Any) -> None:
@@ -345,6 +353,8 @@ class ReviewStore:
         try:
             with self.db.write() as db:
                 known = {r[0] for r in db.execute("SELECT file FROM review_signed")}
+                for (reports,) in db.execute("SELECT reports FROM jobs WHERE origin='review'"):
+                    known.update(json.loads(reports or "[]"))  # the signed reports' PDFs
                 known |= {f"review/notes/{r[0]}.dcm" for r in db.execute(
                     "SELECT current_uid FROM review_items WHERE state=? AND current_uid IS NOT NULL", (REJECTED,))}
                 for sub in ("signed", "notes"):

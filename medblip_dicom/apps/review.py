@@ -147,7 +147,7 @@ def _open(command: str, args: argparse.Namespace) -> tuple[Any, Any] | None:
         config = _settings(args)
         r = config.review
         return config, ReviewStore(config.spool.dir, organization=r.organization, keep_sources=r.keep_sources,
-                                   send_rejection_note=r.send_rejection_note)
+                                   send_rejection_note=r.send_rejection_note, pdf=config.output.pdf)
     except MedblipError as exc:
         say_error(command, exc)
         return None

@@ -46,7 +46,7 @@ def test_one_node_run_delivers_the_ai_report_and_its_signed_successor_everywhere
 
         wait_for(lambda: ris.accepted("P") and fhir.store and pacs.count(study, "SR") == 1, 180,
                  "the AI report in Orthanc, the RIS and the FHIR server")
-        store = ReviewStore(tmp_path / "spool", organization="Test Hospital")
+        store = ReviewStore(tmp_path / "spool", organization="Test Hospital", pdf=True)  # as `medblip review` does
         try:
             Accounts(store.db).add_user("alice", "Doe^Alice", PASSWORD)
             token = Accounts(store.db).add_token("alice")
@@ -57,7 +57,7 @@ def test_one_node_run_delivers_the_ai_report_and_its_signed_successor_everywhere
                 assert signed.status_code == 201, signed.text
         finally:
             store.close()
-        wait_for(lambda: ris.accepted("F") and pacs.count(study, "SR") == 2, 60,
+        wait_for(lambda: ris.accepted("F") and pacs.count(study, "SR") == 2 and pacs.count(study, "DOC") == 2, 60,
                  "the signed report in Orthanc and the RIS")
         wait_for(lambda: next(iter(fhir.store.values())).resource["status"] == "final", 30,
                  "the FHIR report final")
@@ -69,7 +69,7 @@ def test_one_node_run_delivers_the_ai_report_and_its_signed_successor_everywhere
     (report,) = fhir.store.values()  # one resource, updated
     assert [v["status"] for v in report.versions] == ["preliminary", "final"]
     assert report.resource["identifier"][0]["value"] == f"urn:oid:{item['ai_uid']}"
-    assert pacs.count(study, "DOC") == 1  # the AI report's PDF went with it, to the PACS only
-    (pdf,) = pacs.instances(study, "DOC")
-    assert pdf.SOPClassUID == ENCAPSULATED_PDF
+    pdfs = pacs.instances(study, "DOC")  # the AI report's PDF and the signed one's, to the PACS only
+    assert sorted(str(p.VerificationFlag) for p in pdfs) == ["UNVERIFIED", "VERIFIED"]
+    assert all(p.SOPClassUID == ENCAPSULATED_PDF for p in pdfs)
     assert scan_for_patient_data(node.log, tmp_path / "spool") > 0

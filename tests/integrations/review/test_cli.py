@@ -160,3 +160,21 @@ def test_an_organization_dicom_cannot_hold_fails_at_start_up(review_spool, tmp_p
     assert main(["review", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"{config}: [review] organization" in err and words in err and err.count("\n") == 1
+
+
+def test_the_station_writes_signed_pdfs_when_the_configuration_asks(review_spool, tmp_path):
+    import argparse
+
+    from medblip_dicom.apps import review as review_app
+
+    pytest.importorskip("reportlab", reason="reportlab (the pdf extra) writes the PDF")
+    rs = review_spool(1)
+    config = tmp_path / "medblip.toml"
+    config.write_text(f'[spool]\ndir = "{rs.root}"\n[output]\npdf = true\n')
+    _, store = review_app._open("review", argparse.Namespace(config=str(config)))
+    try:
+        store.sign(rs.ai_uids[0], ALICE, "signed with the pdf the configuration asks for")
+        (job,) = [j for j in rs.spool.jobs() if j.origin == "review"]
+        assert len(job.reports) == 2
+    finally:
+        store.close()
