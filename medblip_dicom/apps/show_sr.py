@@ -1,6 +1,7 @@
 """``medblip show-sr FILE...``: a Structured Report as a readable text tree (also used by the quickstart).
 
-It shows the document's flags, the model that wrote it, the referenced image and every content
+It shows the document's flags, the model that wrote it (its architecture, and the prompt of a model
+given one, when the report records them), the referenced image and every content
 item with its relationship, value type, concept name and value. Patient names and IDs are not
 printed (the output often ends up in logs and tickets); UIDs identify the study and the image.
 The essentials come from :class:`~medblip_dicom.report_view.CaptionReport`, the reader of our SRs.
@@ -74,6 +75,10 @@ def render(sr: Dataset) -> str:
         f"  model        : {sr.get('ManufacturerModelName', '?')} (versions {', '.join(map(str, versions))})",
         f"  weights hash : {report.weights_sha256 or '?'}",
     ]
+    if report.architecture:
+        header.append(f"  architecture : {report.architecture}")
+    if report.prompt:
+        header.append(f"  prompt       : {report.prompt}")
     if report.source_sop_instance_uid:
         header.append(f"  evidence     : {UID(report.source_sop_class_uid).name} {report.source_sop_instance_uid}")
     header.append(f"  caption      : {report.caption}")

@@ -59,3 +59,22 @@ def test_every_subcommand_help_has_an_example(capsys):
             main([command, "--help"])
         assert info.value.code == 0
         assert "example" in capsys.readouterr().out, command
+
+
+def test_show_sr_names_the_architecture_and_the_prompt_the_report_records(td, tmp_path, capsys):
+    import pydicom
+
+    from medblip_dicom.identity import ModelIdentity
+    from medblip_dicom.report import build_report, write_report
+
+    identity = ModelIdentity("tiny-vlm", "v2", "cd" * 32, "test", architecture="Idefics3ForConditionalGeneration",
+                             prompt="Name the modality and the body part.")
+    sr = write_report(build_report(pydicom.dcmread(td("CT_small.dcm")), "a ct of the head", identity), tmp_path)
+    assert main(["show-sr", str(sr)]) == 0
+    text = capsys.readouterr().out
+    assert "  architecture : Idefics3ForConditionalGeneration\n" in text
+    assert "  prompt       : Name the modality and the body part.\n" in text
+    blip = ModelIdentity("m", "v", "ef" * 32, "t")
+    bare = write_report(build_report(pydicom.dcmread(td("MR_small.dcm")), "an mr", blip), tmp_path)
+    assert main(["show-sr", str(bare)]) == 0
+    assert "prompt       :" not in capsys.readouterr().out  # nothing is claimed that the report does not record
