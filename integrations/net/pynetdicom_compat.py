@@ -23,7 +23,7 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from medblip_dicom.errors import MissingDependencyError
@@ -130,3 +130,24 @@ def nodelay_ae(ae_title: str, *, nodelay: bool = True, sockets: list[socket.sock
             return sock
 
     return NoDelayAE(ae_title=ae_title)
+
+
+def associate(ae: Any, sockets: list[socket.socket], host: str, port: int, *,
+              evt_handlers: Sequence[Any] = (), **kwargs: Any) -> tuple[Any, str]:
+    """``ae.associate(host, port, ...)`` for an AE from :func:`nodelay_ae` made with `sockets`, and
+    why it failed: ``""`` when established, else ``"unreachable"`` (no TCP connection), ``"rejected"``
+    or ``"aborted"``. On failure the raw sockets pynetdicom left open are closed. Each caller words
+    the failure for its own peer (a destination, an archive)."""
+    import threading
+
+    from pynetdicom import evt
+
+    connected = threading.Event()
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.set()), *evt_handlers]
+    assoc = ae.associate(host, port, evt_handlers=handlers, **kwargs)
+    if assoc.is_established:
+        return assoc, ""
+    for raw in sockets:  # pynetdicom drops a socket whose connect failed without closing it
+        with contextlib.suppress(OSError):
+            raw.close()
+    return assoc, "unreachable" if not connected.is_set() else "rejected" if assoc.is_rejected else "aborted"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +80,6 @@ def open_association(archive: Destination, settings: DimseSettings, contexts: Se
 
     Raises :class:`ArchiveUnavailable` naming the archive and what to check.
     """
-    from pynetdicom import evt
-
     pynetdicom_compat.check()
     raw_sockets: list[socket.socket] = []
     ae = pynetdicom_compat.nodelay_ae(settings.calling_ae_title, sockets=raw_sockets)
@@ -91,24 +88,17 @@ def open_association(archive: Destination, settings: DimseSettings, contexts: Se
     for name in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
         setattr(ae, name, settings.timeout_s)
     ae.maximum_pdu_size = settings.max_pdu
-    connected = threading.Event()
-    kwargs: dict[str, Any] = {"ae_title": archive.ae_title, "ext_neg": list(roles) or None,
-                              "evt_handlers": [(evt.EVT_CONN_OPEN, lambda event: connected.set()), *handlers]}
+    kwargs: dict[str, Any] = {"ae_title": archive.ae_title, "ext_neg": list(roles) or None}
     if settings.tls.enabled:
         kwargs["tls_args"] = (client_ssl_context(settings.tls), archive.host)
-    assoc = ae.associate(archive.host, archive.port, **kwargs)
-    if assoc.is_established:
+    assoc, failure = pynetdicom_compat.associate(ae, raw_sockets, archive.host, archive.port,
+                                                 evt_handlers=handlers, **kwargs)
+    if not failure:
         return assoc
-    for raw in raw_sockets:  # pynetdicom drops a socket whose connect failed without closing it
-        with contextlib.suppress(OSError):
-            raw.close()
-    if not connected.is_set():
-        why = "cannot be reached (no TCP connection): check the host, the port and that it runs"
-    elif assoc.is_rejected:
-        why = (f"rejected the association: check its AE title {archive.ae_title!r} and that it knows ours "
-               f"({settings.calling_ae_title!r}, this host)")
-    else:
-        why = "aborted the association (a TLS mismatch, or it does not accept us)"
+    why = {"unreachable": "cannot be reached (no TCP connection): check the host, the port and that it runs",
+           "rejected": (f"rejected the association: check its AE title {archive.ae_title!r} and that it knows ours "
+                        f"({settings.calling_ae_title!r}, this host)"),
+           "aborted": "aborted the association (a TLS mismatch, or it does not accept us)"}[failure]
     raise ArchiveUnavailable(f"archive {archive} {why}")
 
 

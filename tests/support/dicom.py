@@ -49,9 +49,11 @@ def validate_sr(path: str | Path) -> str:
 
 def reissued(td: Any, name: str, folder: Path, **attrs: Any) -> Path:
     """A copy of a test file with a fresh SOPInstanceUID (and any attributes given)."""
-    from pydicom.uid import generate_uid
+    return save_as_new(pydicom.dcmread(td(name)), folder, **attrs)
 
-    ds = pydicom.dcmread(td(name))
+
+def save_as_new(ds: Dataset, folder: Path, **attrs: Any) -> Path:
+    """Save `ds` into `folder` as ``<UID>.dcm`` under a fresh SOPInstanceUID, with `attrs` set last."""
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     for key, value in attrs.items():

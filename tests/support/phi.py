@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from tests.support.dicom import testdata
+from tests.support.dicom import save_as_new, testdata
 from tests.support.privacy import PATIENT_ID, PATIENT_NAME, value_forms
 
 REFERRING = "Marchbanks^Eudora"
@@ -69,15 +69,8 @@ def crafted(folder: Path, template: str = "CT_small.dcm", *, study_uid: str | No
     block.add_new(0x02, "PN", "Quennell^Ottoline")
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.InstanceNumber = instance
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return save_as_new(ds, folder, **attrs)
 
 
 def _walk(ds: Dataset) -> Iterable[pydicom.DataElement]:

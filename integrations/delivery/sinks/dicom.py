@@ -14,7 +14,6 @@ supported, not authorised, ...). A destination that cannot be reached raises
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
@@ -104,29 +103,17 @@ class ForwardClient:
 
     def associate(self):  # noqa: ANN201
         """Open an association (raises :class:`DestinationUnavailable`); the caller releases it."""
-        import threading
-
-        from pynetdicom import evt
-
         dest = self.destination
         raw_sockets: list[socket.socket] = []
         ae = self._ae(raw_sockets)
-        connected = threading.Event()
-        kwargs = {"ae_title": dest.ae_title,
-                  "evt_handlers": [(evt.EVT_CONN_OPEN, lambda event: connected.set())]}
+        kwargs = {"ae_title": dest.ae_title}
         if self._tls_args is not None:
             kwargs["tls_args"] = self._tls_args
-        assoc = ae.associate(dest.host, dest.port, **kwargs)
-        if not assoc.is_established:
-            for raw in raw_sockets:  # pynetdicom drops a socket whose connect failed without closing it
-                with contextlib.suppress(OSError):
-                    raw.close()
-            if not connected.is_set():
-                why = "cannot be reached (no TCP connection)"
-            elif assoc.is_rejected:
-                why = "rejected the association (check its AE title and whether it knows ours)"
-            else:
-                why = "aborted the association"
+        assoc, failure = pynetdicom_compat.associate(ae, raw_sockets, dest.host, dest.port, **kwargs)
+        if failure:
+            why = {"unreachable": "cannot be reached (no TCP connection)",
+                   "rejected": "rejected the association (check its AE title and whether it knows ours)",
+                   "aborted": "aborted the association"}[failure]
             raise DestinationUnavailable(f"destination {dest} {why}")
         return assoc
 
