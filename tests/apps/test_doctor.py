@@ -37,3 +37,27 @@ def test_doctor_names_a_refused_token_and_an_unreadable_token_file(tmp_path, cap
     assert main(["doctor", "--config", str(_config(tmp_path, "http://127.0.0.1:9/dicom-web",
                                                  token_file=str(tmp_path / "missing")))]) == 1
     assert "cannot read" in capsys.readouterr().out
+
+
+def test_another_virtual_environments_pynetdicom_apps_are_not_taken_for_dcmtk(tmp_path, monkeypatch):
+    """pynetdicom installs ``storescu`` & co. into every environment it is installed in; a shell with
+    another project's environment active must not hand those to the tests or to doctor as dcmtk's."""
+    import os
+
+    from medblip_dicom.systemtools import find_system_tool
+
+    other = tmp_path / "other-venv"
+    (other / "bin").mkdir(parents=True)
+    (other / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    fake = other / "bin" / "storescu"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    plain = tmp_path / "tools"
+    plain.mkdir()
+    real = plain / "storescu"
+    real.write_text("#!/bin/sh\nexit 0\n")
+    real.chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(other / "bin"), str(plain)]))
+    assert find_system_tool("storescu") == str(real)
+    monkeypatch.setenv("PATH", str(other / "bin"))
+    assert find_system_tool("storescu") is None
